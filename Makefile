@@ -1,0 +1,50 @@
+# `make demo` and `make test` each set everything up from a fresh machine, then run.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install data demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fashion-MNIST from the Debian package, unless IMAGEJEPA_DATA points elsewhere.
+data:
+	@if [ -n "$$IMAGEJEPA_DATA" ] || [ -f $(FMNIST) ]; then \
+		echo "Fashion-MNIST: found"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }; \
+	else \
+		echo "Fashion-MNIST not found and apt-get unavailable: set IMAGEJEPA_DATA to a folder with its IDX files"; \
+	fi
+
+demo: install data
+	rm -rf runs/demo
+	$(VENV)/bin/imagejepa pretrain --config configs/fmnist_vit_tiny.yaml --run-dir runs/demo
+	$(VENV)/bin/imagejepa eval linear --checkpoint runs/demo --data fashion-mnist --baselines \
+		--out runs/demo/linear_probe.json
+
+test: install data
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(VENV)/bin/imagejepa bench masks
+	$(VENV)/bin/imagejepa bench train
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

@@ -1,0 +1,305 @@
+"""Typed run configuration: dataclasses, YAML files, ``--set a.b=c`` overrides, validation.
+
+Every key is checked: an unknown key, a value of the wrong type or an impossible value
+raises :class:`ConfigError` naming the key and what is allowed. The official I-JEPA YAML
+files (sections ``meta``, ``data``, ``mask``, ``optimization``, ``logging``) are accepted
+too and translated key by key (see :mod:`imagejepa.official_config`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message naming the key and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_tiny"
+    patch_size: int = 16
+    img_size: int = 224
+    in_chans: int = 3
+    depth: int | None = None  # override the arch's encoder depth (small models)
+    pred_depth: int = 6
+    pred_dim: int = 384
+    pred_heads: int | None = None  # default: the encoder's heads
+
+
+@dataclass
+class MaskConfig:
+    num_targets: int = 4
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    min_keep: int = 10
+    official_compat: bool = False
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"  # a data spec: fashion-mnist[:DIR], imagefolder:PATH, synthetic
+    batch_size: int = 256  # global batch per optimiser step
+    num_workers: int = 0
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 100
+    warmup_epochs: float = 15.0
+    lr: float = 1e-3
+    start_lr: float = 2e-4
+    final_lr: float = 1e-6
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    ema: tuple[float, float] = (0.996, 1.0)
+    grad_accum: int = 1
+    loss: str = "smooth_l1"  # smooth_l1 (official code) | l2 (paper)
+    ipe_scale: float = 1.0  # schedules span ipe_scale x the training steps (official option)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    max_steps: int | None = None  # stop early (schedules still span optim.epochs)
+    max_minutes: float | None = None
+    checkpoint_every_steps: int | None = 1000
+    checkpoint_every_minutes: float | None = 30.0
+    keep_last: int = 3  # complete checkpoints kept on disk (older ones are deleted)
+    precision: str = "auto"  # auto | fp32 | bf16
+    log_every: int = 10
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+ALLOWED = {
+    "optim.loss": ("smooth_l1", "l2"),
+    "train.precision": ("auto", "fp32", "bf16"),
+}
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type hint, converting only where lossless."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
+
+
+def _apply(section_obj: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(section_obj))
+    for name, value in values.items():
+        key = f"{prefix}.{name}"
+        if name not in hints:
+            allowed = ", ".join(hints)
+            raise ConfigError(f"unknown config key {key!r}; allowed in {prefix}: {allowed}")
+        setattr(section_obj, name, _coerce(value, hints[name], key))
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a config from nested dicts over ``base`` (defaults when None), then validate."""
+    cfg = copy.deepcopy(base) if base else Config()
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(
+                f"unknown config section {section!r}; allowed: {', '.join(sorted(sections))}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping of keys")
+        _apply(getattr(cfg, section), values, section)
+    validate(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=5e-4"`` -> ``("optim.lr", 5e-4)``; values are read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key.count(".") != 1:
+        raise ConfigError(f"override key {key!r} must look like section.key, e.g. optim.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: cannot read value {raw!r}: {e}") from None
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (ours or official I-JEPA) and apply ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        from .official_config import is_official, translate_official
+
+        if is_official(data):
+            data = translate_official(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        section, name = key.split(".")
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"config section {section!r} must be a mapping of keys")
+        data[section][name] = value
+    return from_dict(data)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values before any heavy work; messages name the key."""
+    from .masking import MaskError, MultiBlockMaskSampler
+    from .models.vit import ARCHS
+
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    _require(m.arch in ARCHS, f"model.arch: unknown {m.arch!r}; allowed: {', '.join(ARCHS)}")
+    for key in ("patch_size", "img_size", "in_chans", "pred_depth", "pred_dim"):
+        _require(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
+    _require(
+        m.img_size % m.patch_size == 0,
+        f"model.img_size={m.img_size} is not divisible by model.patch_size={m.patch_size}",
+    )
+    heads = m.pred_heads or ARCHS[m.arch].num_heads
+    _require(
+        m.pred_dim % 4 == 0 and m.pred_dim % heads == 0,
+        f"model.pred_dim={m.pred_dim} must be divisible by 4 and by the predictor's {heads} heads",
+    )
+    _require(m.depth is None or m.depth >= 1, f"model.depth must be >= 1, got {m.depth}")
+    _require(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    _require(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {o.grad_accum}")
+    _require(
+        d.batch_size % o.grad_accum == 0,
+        f"data.batch_size={d.batch_size} is not divisible by optim.grad_accum={o.grad_accum}",
+    )
+    lo, hi = d.crop_scale
+    _require(0 < lo <= hi <= 1, f"data.crop_scale must satisfy 0 < low <= high <= 1, got {d.crop_scale}")
+    _require(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
+    _require(
+        0 <= o.warmup_epochs <= o.epochs,
+        f"optim.warmup_epochs must be within [0, optim.epochs={o.epochs}], got {o.warmup_epochs}",
+    )
+    for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay"):
+        _require(getattr(o, key) >= 0, f"optim.{key} must be >= 0, got {getattr(o, key)}")
+    _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _require(o.ipe_scale >= 1, f"optim.ipe_scale must be >= 1, got {o.ipe_scale}")
+    _require(
+        0 <= o.ema[0] <= o.ema[1] <= 1,
+        f"optim.ema must satisfy 0 <= start <= end <= 1, got {list(o.ema)}",
+    )
+    for key, allowed in ALLOWED.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _require(value in allowed, f"{key}: got {value!r}; allowed: {', '.join(allowed)}")
+    _require(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}")
+    _require(
+        t.max_minutes is None or t.max_minutes > 0, f"train.max_minutes must be > 0, got {t.max_minutes}"
+    )
+    _require(
+        t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
+        f"train.checkpoint_every_steps must be >= 1, got {t.checkpoint_every_steps}",
+    )
+    _require(t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}")
+    _require(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    _require(
+        t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+        f"train.device: got {t.device!r}; allowed: auto, cpu, cuda, cuda:N",
+    )
+    from .data import parse_data_spec
+
+    parse_data_spec(d.dataset)
+    grid = (m.img_size // m.patch_size,) * 2
+    try:
+        MultiBlockMaskSampler(grid, mask_settings(cfg))
+    except MaskError as e:
+        raise ConfigError(str(e)) from None
+
+
+def mask_settings(cfg: Config):
+    from .masking import MaskSettings
+
+    k = cfg.mask
+    return MaskSettings(
+        num_targets=k.num_targets,
+        target_scale=k.target_scale,
+        target_aspect=k.target_aspect,
+        context_scale=k.context_scale,
+        min_keep=k.min_keep,
+        official_compat=k.official_compat,
+    )

@@ -1,0 +1,72 @@
+"""Datasets named by a data spec, transforms, and the deterministic training loader.
+
+Data specs: ``fashion-mnist[:DIR]``, ``imagefolder:PATH``, ``synthetic``. For an image
+folder the training split is ``PATH`` itself or ``PATH/train`` and the test split
+``PATH/val`` or ``PATH/test`` where they exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from ..config import ConfigError
+from .base import ImageFolderDataset, TensorImageDataset, channel_stats
+from .loader import TrainLoader, eval_batches
+from .transforms import EvalTransform, TrainTransform
+
+KINDS = ("fashion-mnist", "imagefolder", "synthetic")
+
+
+class DataSpec(NamedTuple):
+    kind: str
+    arg: str | None
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    kind, _, arg = spec.partition(":")
+    if kind == "webdataset":
+        raise ConfigError("data spec 'webdataset:...' is not supported yet; use imagefolder:PATH")
+    if kind not in KINDS:
+        raise ConfigError(
+            f"data spec {spec!r}: unknown dataset {kind!r}; allowed: "
+            "fashion-mnist[:DIR], imagefolder:PATH, synthetic"
+        )
+    if kind == "imagefolder" and not arg:
+        raise ConfigError("data spec 'imagefolder' needs a folder: imagefolder:PATH")
+    if kind == "synthetic" and arg:
+        raise ConfigError(f"data spec {spec!r}: 'synthetic' takes no argument")
+    return DataSpec(kind, arg or None)
+
+
+def _imagefolder_split(root: Path, train: bool) -> Path:
+    names = ("train",) if train else ("val", "test")
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    if train:
+        return root
+    raise FileNotFoundError(f"image folder {root} has no 'val' or 'test' subfolder for evaluation")
+
+
+def build_dataset(spec: str, train: bool = True):
+    """The raw dataset of a spec (uint8 images + labels) for the train or test split."""
+    kind, arg = parse_data_spec(spec)
+    if kind == "fashion-mnist":
+        from .fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(arg, train=train)
+    if kind == "synthetic":
+        from .synthetic import make_synthetic
+
+        return make_synthetic(num_images=2000 if train else 500, seed=0 if train else 1)
+    root = Path(arg)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    return ImageFolderDataset(str(_imagefolder_split(root, train)))
+
+
+__all__ = [
+    "DataSpec", "EvalTransform", "ImageFolderDataset", "TensorImageDataset", "TrainLoader",
+    "TrainTransform", "build_dataset", "channel_stats", "eval_batches", "parse_data_spec",
+]

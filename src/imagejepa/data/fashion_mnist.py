@@ -1,0 +1,98 @@
+"""Fashion-MNIST from its four IDX files; never needs the network when the files are present.
+
+Looked up, in order: the folder in the data spec (``fashion-mnist:DIR``), ``$IMAGEJEPA_DATA``,
+and ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
+Plain and gzipped IDX files are both read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import TensorImageDataset
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+MEAN, STD = (0.2860,), (0.3530,)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (plain or ``.gz``) -> numpy array of its declared shape (uint8 data)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(*dims)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def candidate_dirs(explicit: str | None) -> list[Path]:
+    if explicit:
+        return [Path(explicit)]
+    dirs = []
+    if os.environ.get("IMAGEJEPA_DATA"):
+        dirs.append(Path(os.environ["IMAGEJEPA_DATA"]))
+    dirs.append(DEBIAN_DIR)
+    return dirs
+
+
+def locate(explicit: str | None, train: bool) -> tuple[Path, Path] | None:
+    for folder in candidate_dirs(explicit):
+        found = [_find(folder, stem) for stem in FILES[train]]
+        if all(found):
+            return found[0], found[1]
+    return None
+
+
+def _download(train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Last resort: torchvision's downloader (works only where the network allows)."""
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagejepa"
+    ds = FashionMNIST(str(root), train=train, download=True)
+    return ds.data.numpy(), ds.targets.numpy()
+
+
+def load_fashion_mnist(folder: str | None = None, train: bool = True) -> TensorImageDataset:
+    """The train (60k) or test (10k) split as uint8 ``(N, 1, 28, 28)`` images with labels."""
+    paths = locate(folder, train)
+    if paths is not None:
+        images, labels = read_idx(paths[0]), read_idx(paths[1])
+    else:
+        searched = ", ".join(str(d) for d in candidate_dirs(folder))
+        try:
+            images, labels = _download(train)
+        except Exception as e:  # no network: say how to get the files
+            raise FileNotFoundError(
+                f"Fashion-MNIST IDX files ({', '.join(FILES[train])}[.gz]) not found in "
+                f"{searched}, and downloading failed ({type(e).__name__}). Install them with "
+                "`apt-get install dataset-fashion-mnist`, or put the four files in a folder "
+                "and use --data fashion-mnist:DIR or IMAGEJEPA_DATA=DIR."
+            ) from None
+    images = torch.from_numpy(np.array(images))[:, None]
+    labels = torch.from_numpy(np.array(labels, dtype=np.int64))
+    return TensorImageDataset(images, labels, CLASSES, MEAN, STD)

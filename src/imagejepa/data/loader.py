@@ -1,0 +1,103 @@
+"""The training loader: batches as a pure function of (seed, step).
+
+Step ``s`` of an epoch-``e`` permutation takes the ``s``-th slice of ``randperm(N, seed, e)``
+(last partial batch dropped), and each sample's crop is drawn from a generator seeded with
+``(seed, e, index)``. So resuming at step ``s`` needs no replay and gives the same batches
+an uninterrupted run would, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix64 finaliser), for independent RNG streams."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (p & MASK64)) * 0xBF58476D1CE4E5B9 & MASK64
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & MASK64
+        x ^= x >> 29
+    return x & ((1 << 63) - 1)
+
+
+class _Augmented(Dataset):
+    """``dataset[(index, seed)] -> (transformed image, label)``."""
+
+    def __init__(self, raw, transform):
+        self.raw, self.transform = raw, transform
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        image, label = self.raw.load(index)
+        return self.transform(image, torch.Generator().manual_seed(seed)), label
+
+
+class _StepBatches(Sampler):
+    """Yields, for step = start, start + 1, ..., the batch's ``[(index, sample_seed), ...]``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int):
+        self.n, self.batch_size, self.seed, self.start_step = n, batch_size, seed, start_step
+        self.steps_per_epoch = n // batch_size
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 0xDA7A))
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step, epoch, perm = self.start_step, -1, None
+        while True:
+            e, pos = divmod(step, self.steps_per_epoch)
+            if e != epoch:
+                epoch, perm = e, self.permutation(e)
+            indices = perm[pos * self.batch_size : (pos + 1) * self.batch_size].tolist()
+            yield [(i, mix_seed(self.seed, epoch, i)) for i in indices]
+            step += 1
+
+
+class TrainLoader:
+    """Endless iterator of ``(images (B, C, S, S), labels (B,))`` starting at ``start_step``."""
+
+    def __init__(self, raw, transform, batch_size: int, seed: int, num_workers: int = 0,
+                 start_step: int = 0, pin_memory: bool = False):
+        if len(raw) < batch_size:
+            raise ValueError(f"dataset has {len(raw)} images, fewer than one batch of {batch_size}")
+        self.sampler = _StepBatches(len(raw), batch_size, seed, start_step)
+        self.loader = DataLoader(
+            _Augmented(raw, transform),
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+        )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def eval_batches(raw, transform, batch_size: int = 256, num_workers: int = 0):
+    """``(images, labels)`` over a whole dataset in order, deterministic transform."""
+    images = getattr(raw, "images", None)
+    if images is not None:  # in memory: transform whole batches at once
+        for start in range(0, len(raw), batch_size):
+            yield transform(images[start : start + batch_size]), raw.labels[start : start + batch_size]
+        return
+    loader = DataLoader(
+        _Augmented(raw, transform),
+        batch_size=batch_size,
+        sampler=[(i, 0) for i in range(len(raw))],
+        num_workers=num_workers,
+    )
+    yield from loader

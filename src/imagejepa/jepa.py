@@ -1,0 +1,87 @@
+"""I-JEPA: predict, from a context block, the target encoder's representations of target blocks.
+
+    targets  = LayerNorm(target_encoder(image))[target blocks]        (no gradient)
+    context  = encoder(image[context block])
+    predicted = predictor(context, positions of the target blocks)
+    loss     = smooth_l1(predicted, targets)   (or L2, as written in the paper)
+
+The target encoder is an exponential moving average of the encoder, updated after each
+optimiser step with ``momentum`` from the schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masking import Masks
+from .models import Encoder, Predictor, gather_tokens
+
+
+class IJEPA(nn.Module):
+    """``forward(images (B, C, H, W), masks) -> (loss, metrics)``."""
+
+    def __init__(self, encoder: Encoder, predictor: Predictor, loss: str = "smooth_l1"):
+        super().__init__()
+        if loss not in ("smooth_l1", "l2"):
+            raise ValueError(f"loss must be 'smooth_l1' or 'l2', got {loss!r}")
+        self.encoder = encoder
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.loss_name = loss
+
+    @torch.no_grad()
+    def targets(self, images: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """Layer-normed target-encoder features of the target blocks: ``(B, T, Kt, D)``."""
+        h = self.target_encoder(images)
+        h = F.layer_norm(h, h.shape[-1:])
+        return gather_tokens(h, target_idx)
+
+    def forward(self, images: torch.Tensor, masks: Masks) -> tuple[torch.Tensor, dict]:
+        target = self.targets(images, masks.targets)
+        context = self.encoder(images, keep=masks.context)
+        predicted = self.predictor(context, masks.context, masks.targets)
+        predicted, target = predicted.float(), target.float()
+        if self.loss_name == "smooth_l1":
+            loss = F.smooth_l1_loss(predicted, target, beta=1.0)
+        else:
+            loss = F.mse_loss(predicted, target)
+        with torch.no_grad():
+            metrics = {
+                # Std over the batch of each feature, averaged: near 0 means collapse.
+                "target_std": target.flatten(0, -2).std(0).mean(),
+                "pred_std": predicted.detach().flatten(0, -2).std(0).mean(),
+                "context_patches": masks.context.shape[1],
+                "target_patches": masks.targets.shape[2],
+            }
+        return loss, metrics
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """``target = momentum * target + (1 - momentum) * encoder``, with foreach kernels."""
+        target = list(self.target_encoder.parameters())
+        online = list(self.encoder.parameters())
+        torch._foreach_mul_(target, momentum)
+        torch._foreach_add_(target, online, alpha=1.0 - momentum)
+
+
+def build_encoder(model_cfg) -> Encoder:
+    """The encoder described by a :class:`~imagejepa.config.ModelConfig`."""
+    m = model_cfg
+    return Encoder(m.arch, m.patch_size, m.img_size, m.in_chans, depth=m.depth)
+
+
+def build_ijepa(cfg) -> IJEPA:
+    """Encoder, predictor and target encoder of a :class:`~imagejepa.config.Config`."""
+    encoder = build_encoder(cfg.model)
+    predictor = Predictor(
+        encoder.embed_dim,
+        encoder.grid,
+        pred_dim=cfg.model.pred_dim,
+        depth=cfg.model.pred_depth,
+        num_heads=cfg.model.pred_heads or encoder.num_heads,
+    )
+    return IJEPA(encoder, predictor, loss=cfg.optim.loss)

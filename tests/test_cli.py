@@ -1,0 +1,106 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imagejepa.cli import main
+
+from .helpers import TINY_OVERRIDES
+
+DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "fmnist_vit_tiny.yaml"
+
+
+def pretrain_args(run_dir, *extra):
+    args = ["pretrain", "--config", str(DEMO_CONFIG), "--run-dir", str(run_dir)]
+    for item in TINY_OVERRIDES + list(extra):
+        args += ["--set", item]
+    return args
+
+
+def last_json(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_pretrain_then_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(pretrain_args(run, "train.max_steps=4")) == 0
+    assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert main(["pretrain", "--run-dir", str(run), "--resume", "--set", "train.max_steps=6"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
+    steps = [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(pretrain_args(run, "train.max_steps=2")) == 0
+    code = main(pretrain_args(run, "train.max_steps=4", "model.depth=2") + ["--resume"])
+    assert code == 2
+    assert "model.depth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.foo=1", "unknown config key 'model.foo'"),
+        ("model.img_size=30", "not divisible by model.patch_size"),
+        ("optim.loss=l1", "allowed: smooth_l1, l2"),
+        ("data.batch_size=abc", "data.batch_size: expected int"),
+        ("data.dataset=imagefolder:/does/not/exist", "image folder not found"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, override, message):
+    assert main(pretrain_args(tmp_path / "run", override)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_console_entry_points(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "imagejepa", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "pretrain" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "imagejepa", "pretrain", "--config", "missing.yaml"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "config file not found" in bad.stderr
+
+
+def test_bench_masks_json(capsys):
+    assert main(["bench", "masks", "--batch-size", "64", "--grid", "14"]) == 0
+    report = last_json(capsys.readouterr().out)
+    assert report["bench"] == "masks" and report["vectorised_samples_per_s"] > 0
+    assert report["speedup"] > 1
+
+
+def test_info_counts_vit_huge(capsys):
+    assert main(["info", "vit_huge_patch14"]) == 0
+    report = last_json(capsys.readouterr().out)
+    assert 625 <= report["params_m"] <= 640 and report["patches"] == 256
+    assert main(["info", "vit_enormous"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_train_reports_roofline(capsys):
+    assert main(["bench", "train", "--steps", "1", "--warmup", "1"]) == 0
+    report = last_json(capsys.readouterr().out)
+    for key in ("img_per_s", "flops_per_img", "achieved_tflops", "matmul_peak_tflops", "roofline_fraction"):
+        assert report[key] > 0
+    # ViT-T/16 at 224 with 4 targets: about 10 GFLOP per image for forward + backward.
+    assert 8e9 < report["flops_per_img"] < 13e9
+    assert report["roofline_fraction"] < 1.5
+
+
+@pytest.mark.slow
+def test_eval_linear_with_baselines(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(pretrain_args(run, "train.max_steps=4")) == 0
+    out = tmp_path / "report.json"
+    assert main(["eval", "linear", "--checkpoint", str(run), "--data", "synthetic",
+                 "--baselines", "--out", str(out)]) == 0
+    report = last_json(capsys.readouterr().out)
+    assert report == json.loads(out.read_text())
+    assert set(report["results"]) == {"target_encoder", "raw_pixels", "random_init"}
+    for r in report["results"].values():
+        assert 0.1 < r["top1"] <= 1 and r["top5"] >= r["top1"]

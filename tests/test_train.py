@@ -1,0 +1,88 @@
+import csv
+
+import pytest
+import torch
+
+from imagejepa.checkpoint import latest_checkpoint, load_tensors
+from imagejepa.config import load_config
+from imagejepa.train import Trainer
+
+from .helpers import TINY_OVERRIDES
+
+# The first two losses of the tiny run, stored when the trainer was written. A change here
+# means the initialisation, data order, crops, masks or the loss changed.
+STORED_LOSSES = [0.463546306, 0.459422261]
+
+
+def tiny_config(*extra):
+    return load_config(None, TINY_OVERRIDES + list(extra))
+
+
+def losses(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def quiet(*_):
+    pass
+
+
+def test_two_steps_match_stored_losses(tmp_path):
+    Trainer(tiny_config("train.max_steps=2"), tmp_path, log=quiet).fit()
+    assert losses(tmp_path) == pytest.approx(STORED_LOSSES, rel=1e-4)
+
+
+def test_run_dir_layout(tmp_path):
+    Trainer(tiny_config("train.max_steps=3"), tmp_path, log=quiet).fit()
+    assert (tmp_path / "config.yaml").is_file()
+    assert len(losses(tmp_path)) == 3
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "step_00000003"
+    for name in ("model.safetensors", "train_state.pt", "meta.json"):
+        assert (latest / name).is_file()
+    keys = load_tensors(latest).keys()
+    assert {k.split(".")[0] for k in keys} == {"encoder", "target_encoder", "predictor"}
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    Trainer(tiny_config("train.max_steps=6"), straight, log=quiet).fit()
+    Trainer(tiny_config("train.max_steps=3"), split, log=quiet).fit()
+    resumed = Trainer(tiny_config("train.max_steps=6"), split, resume=True, log=quiet)
+    assert resumed.step == 3
+    resumed.fit()
+    a, b = losses(straight), losses(split)
+    assert len(a) == len(b) == 6
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-6
+    wa, wb = load_tensors(latest_checkpoint(straight)), load_tensors(latest_checkpoint(split))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    one = Trainer(tiny_config(), tmp_path / "a", log=quiet)
+    acc = Trainer(tiny_config("optim.grad_accum=2"), tmp_path / "b", log=quiet)
+    images, _ = next(iter(one.loader))
+    m1, m2 = one.train_step(images, 0), acc.train_step(images, 0)
+    assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
+    for p, q in zip(one.model.encoder.parameters(), acc.model.encoder.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_decreases_on_synthetic_data(tmp_path):
+    Trainer(tiny_config("train.max_steps=30"), tmp_path, log=quiet).fit()
+    values = losses(tmp_path)
+    assert sum(values[-5:]) / 5 < 0.8 * sum(values[:5]) / 5
+
+
+def test_time_limit_stops_and_checkpoints(tmp_path):
+    cfg = tiny_config("train.max_minutes=0.0001")
+    trainer = Trainer(cfg, tmp_path, log=quiet)
+    trainer.fit()
+    assert 1 <= trainer.step < trainer.total_steps
+    assert latest_checkpoint(tmp_path).name == f"step_{trainer.step:08d}"
+
+
+def test_resume_without_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        Trainer(tiny_config(), tmp_path, resume=True, log=quiet)
