@@ -58,6 +58,7 @@ def save_checkpoint(
     final = checkpoints_dir / checkpoint_name(step)
     tmp = checkpoints_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    replaced = None
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / MODEL_FILE))
         torch.save(train_state, tmp / STATE_FILE)
@@ -65,18 +66,24 @@ def save_checkpoint(
         for name in (MODEL_FILE, STATE_FILE, META_FILE):
             _fsync_file(tmp / name)
         _fsync_dir(tmp)
-        if final.exists():  # a re-save of the same step replaces it
-            shutil.rmtree(final)
+        replaced = None
+        if final.exists():  # a re-save of the same step: move the old one aside first
+            replaced = checkpoints_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, replaced)
         os.rename(tmp, final)
         _fsync_dir(checkpoints_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if replaced is not None and not final.exists():
+            os.rename(replaced, final)
         raise
     pointer_tmp = checkpoints_dir / f".{LATEST}.tmp"
     pointer_tmp.write_text(final.name + "\n")
     _fsync_file(pointer_tmp)
     os.replace(pointer_tmp, checkpoints_dir / LATEST)
     _fsync_dir(checkpoints_dir)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     if keep_last:
         _prune(checkpoints_dir, keep_last, keep=final.name)
     return final

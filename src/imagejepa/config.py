@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -241,6 +242,9 @@ def validate(cfg: Config) -> None:
         f"model.pred_dim={m.pred_dim} must be divisible by 4 and by the predictor's {heads} heads",
     )
     _require(m.depth is None or m.depth >= 1, f"model.depth must be >= 1, got {m.depth}")
+    _require(
+        m.pred_heads is None or m.pred_heads >= 1, f"model.pred_heads must be >= 1, got {m.pred_heads}"
+    )
     _require(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
     _require(o.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {o.grad_accum}")
@@ -258,7 +262,11 @@ def validate(cfg: Config) -> None:
     for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay"):
         _require(getattr(o, key) >= 0, f"optim.{key} must be >= 0, got {getattr(o, key)}")
     _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    _require(o.ipe_scale >= 1, f"optim.ipe_scale must be >= 1, got {o.ipe_scale}")
+    _require(
+        1 <= o.ipe_scale < math.inf, f"optim.ipe_scale must be a finite number >= 1, got {o.ipe_scale}"
+    )
+    for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup_epochs"):
+        _require(math.isfinite(getattr(o, key)), f"optim.{key} must be finite, got {getattr(o, key)}")
     _require(
         0 <= o.ema[0] <= o.ema[1] <= 1,
         f"optim.ema must satisfy 0 <= start <= end <= 1, got {list(o.ema)}",

@@ -82,7 +82,7 @@ class MultiBlockMaskSampler:
         return max(1, min(h, h_max)), max(1, min(w, w_max))
 
     # -- positions -----------------------------------------------------------------------
-    def _origins(self, n: int, h: int, w: int, count: tuple[int, ...], g: torch.Generator):
+    def _origins(self, h: int, w: int, count: tuple[int, ...], g: torch.Generator):
         """Top-left corners ``(count)`` of ``h x w`` blocks, uniform over valid placements."""
         # Official: randint(0, H - h), an exclusive bound that never reaches the last row.
         extra = 0 if self.s.official_compat else 1
@@ -113,8 +113,8 @@ class MultiBlockMaskSampler:
         th, tw = self.block_size(s.target_scale, s.target_aspect, g)
         ch, cw = self.block_size(s.context_scale, s.context_aspect, g)
 
-        t_top, t_left = self._origins(B, th, tw, (B, s.num_targets), g)
-        c_top, c_left = self._origins(B, ch, cw, (B,), g)
+        t_top, t_left = self._origins(th, tw, (B, s.num_targets), g)
+        c_top, c_left = self._origins(ch, cw, (B,), g)
         targets = self._block_indices(t_top, t_left, th, tw)  # (B, T, Kt)
         context = self._context_without(targets, c_top, c_left, ch, cw)
 
@@ -126,11 +126,11 @@ class MultiBlockMaskSampler:
             if n_bad == 0:
                 break
             if not s.official_compat:
-                tt, tl = self._origins(n_bad, th, tw, (n_bad, s.num_targets), g)
+                tt, tl = self._origins(th, tw, (n_bad, s.num_targets), g)
                 targets[bad] = self._block_indices(tt, tl, th, tw)
-            ct, cl = self._origins(n_bad, ch, cw, (n_bad,), g)
+            ct, cl = self._origins(ch, cw, (n_bad,), g)
             context[bad] = self._context_without(targets[bad], ct, cl, ch, cw)
-        else:
+        if not self._context_is_valid(context.sum(1)).all():
             raise MaskError(
                 f"could not place a context of at least {s.min_keep} patches after "
                 f"{MAX_REJECTION_ROUNDS} rounds (grid {self.H}x{self.W}, target block "
@@ -193,8 +193,8 @@ class MultiBlockMaskSampler:
         for _ in range(draws // 64):
             th, tw = self.block_size(s.target_scale, s.target_aspect, g)
             ch, cw = self.block_size(s.context_scale, s.context_aspect, g)
-            t_top, t_left = self._origins(64, th, tw, (64, s.num_targets), g)
-            c_top, c_left = self._origins(64, ch, cw, (64,), g)
+            t_top, t_left = self._origins(th, tw, (64, s.num_targets), g)
+            c_top, c_left = self._origins(ch, cw, (64,), g)
             targets = self._block_indices(t_top, t_left, th, tw)
             counts = self._context_without(targets, c_top, c_left, ch, cw).sum(1)
             valid += int(self._context_is_valid(counts).sum())

@@ -14,7 +14,6 @@ import torch
 from .base import TensorImageDataset
 
 
-
 def make_synthetic(
     num_images: int = 2000,
     num_classes: int = 10,

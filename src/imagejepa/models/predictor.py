@@ -45,9 +45,8 @@ class Predictor(nn.Module):
 
     def set_grid(self, grid: tuple[int, int]) -> None:
         self.grid = tuple(grid)
-        self.register_buffer(
-            "pos_embed", sincos_2d(self.pred_dim, *self.grid)[None], persistent=False
-        )
+        pos = sincos_2d(self.pred_dim, *self.grid)[None].to(self.mask_token.device)
+        self.register_buffer("pos_embed", pos, persistent=False)
 
     def forward(
         self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor

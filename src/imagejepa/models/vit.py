@@ -94,7 +94,8 @@ class Encoder(nn.Module):
         self.img_size = (h, w)
         self.grid = (h // p, w // p)
         # Not persistent: a pure function of the grid, recomputed rather than loaded.
-        self.register_buffer("pos_embed", sincos_2d(self.embed_dim, *self.grid)[None], persistent=False)
+        pos = sincos_2d(self.embed_dim, *self.grid)[None].to(self.patch_embed.proj.weight.device)
+        self.register_buffer("pos_embed", pos, persistent=False)
 
     @property
     def num_patches(self) -> int:
@@ -117,6 +118,8 @@ class Encoder(nn.Module):
         ``out_layers=k > 1`` returns the last k blocks' outputs, each through the final
         norm, stacked: ``(k, B, N, D)`` (the paper's "last 4 layers" features).
         """
+        if not 1 <= out_layers <= self.depth:
+            raise ValueError(f"out_layers must be within [1, depth={self.depth}], got {out_layers}")
         x = self.embed_patches(images)
         if keep is not None:
             x = gather_tokens(x, keep)
