@@ -141,16 +141,19 @@ class MultiBlockMaskSampler:
     def _context_without(self, targets, top, left, h, w) -> torch.Tensor:
         """Context block mask ``(B, N)`` with every target patch ``(B, T, Kt)`` removed."""
         context = self._block_mask(top, left, h, w)
-        return context.scatter(1, targets.flatten(1), False)
+        return context.scatter_(1, targets.flatten(1), False)
 
     def _truncate(self, context: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Boolean ``(B, N)`` -> indices ``(B, Kc)``, Kc the smallest count in the batch."""
+        B = context.shape[0]
         keep = int(context.sum(1).min())
-        if self.s.official_compat:  # first `keep` indices in raster order
-            keys = torch.arange(context.shape[1], dtype=torch.float32).expand_as(context)
-        else:  # a uniformly random subset of each context
-            keys = torch.rand(context.shape, generator=g)
-        keys = keys.masked_fill(~context, float("inf"))
+        if self.s.official_compat:  # the first `keep` indices in raster order
+            chosen = context & (context.cumsum(1) <= keep)
+            return chosen.nonzero()[:, 1].view(B, keep)
+        # A uniformly random subset of each context: the `keep` smallest random keys.
+        never = torch.iinfo(torch.int32).max
+        keys = torch.randint(0, never, context.shape, generator=g, dtype=torch.int32)
+        keys.masked_fill_(context.logical_not(), never)
         chosen = keys.topk(keep, dim=1, largest=False).indices
         return chosen.sort(dim=1).values
 

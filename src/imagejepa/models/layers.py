@@ -38,7 +38,7 @@ def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
     q, k, v: ``(B, heads, N, head_dim)`` -> ``(B, heads, N, head_dim)``.
     """
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # scale the smaller operand
     return scores.softmax(dim=-1) @ v
 
 
