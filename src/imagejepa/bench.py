@@ -28,20 +28,21 @@ STANDARD_TRAIN = {
 }
 
 
-def matmul_peak_tflops(shapes, dtype: torch.dtype, device: torch.device, repeats: int = 10) -> float:
-    """Best TFLOP/s of ``(M, K) @ (K, N)`` over the given shapes (best of ``repeats`` each)."""
+def matmul_peak_tflops(shapes, dtype: torch.dtype, device: torch.device, repeats: int = 20) -> float:
+    """Sustained TFLOP/s of ``(M, K) @ (K, N)``: ``repeats`` back-to-back products timed
+    together after a warm-up, best over the given shapes."""
     best = 0.0
     for m, k, n in shapes:
         a = torch.randn(m, k, dtype=dtype, device=device)
         b = torch.randn(k, n, dtype=dtype, device=device)
         for _ in range(3):
             a @ b
+        _sync(device)
+        t = time.perf_counter()
         for _ in range(repeats):
-            _sync(device)
-            t = time.perf_counter()
             a @ b
-            _sync(device)
-            best = max(best, 2 * m * k * n / (time.perf_counter() - t) / 1e12)
+        _sync(device)
+        best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - t) / 1e12)
     return best
 
 
