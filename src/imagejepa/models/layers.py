@@ -47,8 +47,9 @@ class Attention(nn.Module):
 
     ``(B, N, D) -> (B, N, D)``. ``use_sdpa=False`` switches to :func:`plain_attention`.
     On CPU in bf16 the written-out form is used too: PyTorch's CPU flash kernel runs
-    forward + backward about 3x slower than two bf16 batched matmuls at ViT sequence
-    lengths (64-256 tokens), measured on AVX512-BF16 machines (``benchmarks/attention.py``).
+    forward + backward 1.6x to 5x slower than two bf16 batched matmuls at ViT sequence
+    lengths (30-196 tokens) on an AVX512-BF16 machine; in fp32 SDPA is the faster one
+    (``benchmarks/attention.py``).
     """
 
     def __init__(self, dim: int, num_heads: int, use_sdpa: bool = True):
