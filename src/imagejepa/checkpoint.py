@@ -122,12 +122,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found
 
 
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named ``prefix.*``, with ``prefix.`` removed from their names."""
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
 def load_tensors(folder: Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of ``model.safetensors``; with ``prefix`` only those keys, prefix removed."""
     tensors = load_file(str(Path(folder) / MODEL_FILE))
-    if prefix is None:
-        return tensors
-    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    return tensors if prefix is None else strip_prefix(tensors, prefix)
 
 
 def load_train_state(folder: Path) -> dict[str, Any]:

@@ -192,8 +192,7 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {self.run_dir}/checkpoints")
         tensors = ckpt.load_tensors(folder)
         for name in ("encoder", "target_encoder", "predictor"):
-            part = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
-            getattr(self.model, name).load_state_dict(part)
+            getattr(self.model, name).load_state_dict(ckpt.strip_prefix(tensors, name))
         state = ckpt.load_train_state(folder)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
