@@ -17,7 +17,7 @@ def extract_features(
     transform: EvalTransform,
     device: torch.device,
     precision: str = "fp32",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     last_layers: int = 1,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,6 +26,9 @@ def extract_features(
     With ``last_layers=k`` the pooled outputs of the last k blocks (each through the final
     norm) are concatenated, as in the paper's "last 4 layers" evaluation.
     """
+    if batch_size is None:
+        # On CPU small batches stay in cache: 64 ran ~25% faster than 256 for the demo's ViT.
+        batch_size = 256 if device.type == "cuda" else 64
     encoder = encoder.to(device).eval()
     feats, labels = [], []
     bar = tqdm(total=len(dataset), desc="features", unit="img", disable=not progress,
