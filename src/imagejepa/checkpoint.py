@@ -66,7 +66,6 @@ def save_checkpoint(
         for name in (MODEL_FILE, STATE_FILE, META_FILE):
             _fsync_file(tmp / name)
         _fsync_dir(tmp)
-        replaced = None
         if final.exists():  # a re-save of the same step: move the old one aside first
             replaced = checkpoints_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
             os.rename(final, replaced)

@@ -260,13 +260,12 @@ def validate(cfg: Config) -> None:
         f"optim.warmup_epochs must be within [0, optim.epochs={o.epochs}], got {o.warmup_epochs}",
     )
     for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay"):
-        _require(getattr(o, key) >= 0, f"optim.{key} must be >= 0, got {getattr(o, key)}")
+        value = getattr(o, key)
+        _require(0 <= value < math.inf, f"optim.{key} must be a finite number >= 0, got {value}")
     _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _require(
         1 <= o.ipe_scale < math.inf, f"optim.ipe_scale must be a finite number >= 1, got {o.ipe_scale}"
     )
-    for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup_epochs"):
-        _require(math.isfinite(getattr(o, key)), f"optim.{key} must be finite, got {getattr(o, key)}")
     _require(
         0 <= o.ema[0] <= o.ema[1] <= 1,
         f"optim.ema must satisfy 0 <= start <= end <= 1, got {list(o.ema)}",
