@@ -90,17 +90,3 @@ def test_bench_train_reports_roofline(capsys):
     # ViT-T/16 at 224 with 4 targets: about 10 GFLOP per image for forward + backward.
     assert 8e9 < report["flops_per_img"] < 13e9
     assert report["roofline_fraction"] < 1.5
-
-
-@pytest.mark.slow
-def test_eval_linear_with_baselines(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(pretrain_args(run, "train.max_steps=4")) == 0
-    out = tmp_path / "report.json"
-    assert main(["eval", "linear", "--checkpoint", str(run), "--data", "synthetic",
-                 "--baselines", "--out", str(out)]) == 0
-    report = last_json(capsys.readouterr().out)
-    assert report == json.loads(out.read_text())
-    assert set(report["results"]) == {"target_encoder", "raw_pixels", "random_init"}
-    for r in report["results"].values():
-        assert 0.1 < r["top1"] <= 1 and r["top5"] >= r["top1"]

@@ -32,14 +32,34 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint's frozen encoder")
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
-    lin = ev_sub.add_parser("linear", help="linear probe (train split -> test split)")
-    lin.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
-    lin.add_argument("--data", required=True, help="data spec, e.g. fashion-mnist")
-    lin.add_argument("--encoder", choices=("target", "context"), default="target")
-    lin.add_argument("--last-layers", type=int, default=1, help="concatenate the last k layers")
-    lin.add_argument("--baselines", action="store_true",
-                     help="also probe raw pixels and the architecture at random init")
-    lin.add_argument("--out", help="also write the JSON report here")
+    helps = {
+        "linear": "linear probe: lr/wd sweep on a held-out 10%, retrained, top-1/top-5 on test",
+        "knn": "weighted kNN on cosine similarity (k = 10, 20, 100)",
+        "lowshot": "logistic regression on 1, 5, 10 images per class and 1%%, several seeds",
+        "attentive": "attentive probe: one learned query cross-attending over patch tokens",
+    }
+    for name, text in helps.items():
+        e = ev_sub.add_parser(name, help=text, description=text)
+        _eval_arguments(e)
+        if name == "linear":
+            e.add_argument("--batchnorm", action="store_true", help="BatchNorm before the linear head")
+        if name == "knn":
+            e.add_argument("--k", type=int, nargs="+", default=[10, 20, 100], help="neighbour counts")
+            e.add_argument("--temperature", type=float, default=0.07)
+        if name == "lowshot":
+            e.add_argument("--shots", nargs="+", default=["1", "5", "10", "1%"],
+                           help="images per class, or a percentage of the training split")
+            e.add_argument("--seeds", type=int, default=3, help="random subsets per shot count")
+
+    emb = sub.add_parser("embed", help="features of a dataset to .npy or .safetensors")
+    emb.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    emb.add_argument("--data", required=True, help="data spec, e.g. fashion-mnist or imagefolder:PATH")
+    emb.add_argument("--out", required=True, help="FILE.npy or FILE.safetensors")
+    emb.add_argument("--split", choices=("train", "test"), default="test")
+    emb.add_argument("--encoder", choices=("target", "context"), default="target")
+    emb.add_argument("--last-layers", type=int, default=1, help="concatenate the last k layers")
+    emb.add_argument("--patch-tokens", action="store_true",
+                     help="every patch token (N, T, D) instead of the pooled vector (N, D)")
 
     bench = sub.add_parser("bench", help="speed benchmarks; prints one JSON object")
     b_sub = bench.add_subparsers(dest="what", required=True)
@@ -58,6 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--img-size", type=int, default=224)
     info.add_argument("--in-chans", type=int, default=3)
     return p
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--data", required=True, help="data spec, e.g. fashion-mnist, imagefolder:PATH, synthetic")
+    p.add_argument("--encoder", choices=("target", "context"), default="target",
+                   help="which encoder of the checkpoint (the paper evaluates the target encoder)")
+    p.add_argument("--last-layers", type=int, default=None,
+                   help="concatenate the pooled outputs of the last k layers (the paper also uses 4); "
+                        "default: the checkpoint config's eval.last_layers")
+    p.add_argument("--baselines", action="store_true",
+                   help="also probe raw pixels and the architecture at random init, in the same run")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.add_argument("--cache-dir", help="feature cache (default: $IMAGEJEPA_CACHE or ~/.cache/imagejepa)")
+    p.add_argument("--no-cache", action="store_true", help="extract features afresh, store nothing")
 
 
 def _print_json(obj) -> None:
@@ -104,17 +139,55 @@ def _check_same_run(cfg, run_dir: Path) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .eval.linear import evaluate_linear
+    from .eval.features import FeatureCache
+    from .eval.report import format_table, write_report
+    from .eval.run import EvalError, evaluate
 
-    report = evaluate_linear(args.checkpoint, args.data, which=args.encoder,
-                             baselines=args.baselines, last_layers=args.last_layers)
-    print(f"linear probe, {report['data']}: fit on {report['train_images']} train images, "
-          f"scored on {report['test_images']} test images")
-    for name, r in report["results"].items():
-        print(f"  {name:<18} top-1 {100 * r['top1']:6.2f}%   top-5 {100 * r['top5']:6.2f}%")
+    if args.last_layers is not None and args.last_layers < 1:
+        raise UsageError(f"--last-layers must be >= 1, got {args.last_layers}")
+    settings = {
+        "linear": lambda: {"batchnorm": args.batchnorm},
+        "knn": lambda: {"ks": tuple(args.k), "temperature": args.temperature},
+        "lowshot": lambda: {"shots": tuple(args.shots), "seeds": args.seeds},
+        "attentive": lambda: {},
+    }[args.protocol]()
+    _check_eval_settings(args.protocol, settings)
+    cache = None if args.no_cache else FeatureCache(args.cache_dir)
+    try:
+        report = evaluate(args.protocol, args.checkpoint, args.data, encoder=args.encoder,
+                          baselines=args.baselines, last_layers=args.last_layers, cache=cache, **settings)
+    except EvalError as e:
+        raise UsageError(str(e)) from e
+    print(format_table(report))
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        write_report(report, args.out)
     _print_json(report)
+
+
+def _check_eval_settings(protocol: str, settings: dict) -> None:
+    if protocol == "knn":
+        if any(k < 1 for k in settings["ks"]):
+            raise UsageError(f"--k values must be >= 1, got {list(settings['ks'])}")
+        if settings["temperature"] <= 0:
+            raise UsageError(f"--temperature must be > 0, got {settings['temperature']}")
+    if protocol == "lowshot":
+        if settings["seeds"] < 1:
+            raise UsageError(f"--seeds must be >= 1, got {settings['seeds']}")
+        for shot in settings["shots"]:
+            if not re.fullmatch(r"[1-9]\d*|\d+(\.\d+)?%", shot) or shot in ("0%",):
+                raise UsageError(f"--shots: {shot!r} is neither a count >= 1 nor a percentage like 1%")
+
+
+def cmd_embed(args) -> None:
+    from .eval.embed import embed_to_file
+
+    if args.last_layers < 1:
+        raise UsageError(f"--last-layers must be >= 1, got {args.last_layers}")
+    if not args.out.endswith((".npy", ".safetensors")):
+        raise UsageError(f"--out must end in .npy or .safetensors, got {args.out!r}")
+    _print_json(embed_to_file(args.checkpoint, args.data, args.out, split=args.split,
+                              encoder=args.encoder, last_layers=args.last_layers,
+                              patch_tokens=args.patch_tokens))
 
 
 def cmd_bench(args) -> None:
@@ -138,7 +211,8 @@ def cmd_info(args) -> None:
     _print_json(model_info(m.group(1), patch, args.img_size, args.in_chans))
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "eval": cmd_eval, "bench": cmd_bench, "info": cmd_info}
+COMMANDS = {"pretrain": cmd_pretrain, "eval": cmd_eval, "embed": cmd_embed, "bench": cmd_bench,
+            "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 100
+    epochs: float = 100  # may be fractional: a run of 2.5 epochs stops mid-way through the third
     warmup_epochs: float = 15.0
     lr: float = 1e-3
     start_lr: float = 2e-4
@@ -84,12 +84,18 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    last_layers: int = 1  # pooled layers concatenated by `imagejepa eval` (the paper: 1 or 4)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -242,6 +248,11 @@ def validate(cfg: Config) -> None:
         f"model.pred_dim={m.pred_dim} must be divisible by 4 and by the predictor's {heads} heads",
     )
     _require(m.depth is None or m.depth >= 1, f"model.depth must be >= 1, got {m.depth}")
+    depth = m.depth or ARCHS[m.arch].depth
+    _require(
+        1 <= cfg.eval.last_layers <= depth,
+        f"eval.last_layers must be within [1, the encoder's depth {depth}], got {cfg.eval.last_layers}",
+    )
     _require(
         m.pred_heads is None or m.pred_heads >= 1, f"model.pred_heads must be >= 1, got {m.pred_heads}"
     )
@@ -254,7 +265,7 @@ def validate(cfg: Config) -> None:
     )
     lo, hi = d.crop_scale
     _require(0 < lo <= hi <= 1, f"data.crop_scale must satisfy 0 < low <= high <= 1, got {d.crop_scale}")
-    _require(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
+    _require(o.epochs > 0, f"optim.epochs must be > 0, got {o.epochs}")
     _require(
         0 <= o.warmup_epochs <= o.epochs,
         f"optim.warmup_epochs must be within [0, optim.epochs={o.epochs}], got {o.warmup_epochs}",

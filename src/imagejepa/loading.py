@@ -23,6 +23,11 @@ class Preprocess:
     std: tuple[float, ...]
 
 
+def model_config(path: str | Path):
+    """The ``ModelConfig`` a checkpoint (run folder or checkpoint folder) was trained with."""
+    return from_dict(ckpt.load_meta(ckpt.resolve_checkpoint(path))["config"]).model
+
+
 def load_encoder(path: str | Path, which: str = "target") -> tuple[Encoder, Preprocess]:
     """Encoder weights from an imagejepa checkpoint (run folder or checkpoint folder).
 

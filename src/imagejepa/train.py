@@ -47,7 +47,7 @@ class Trainer:
             raise ConfigError(
                 f"data.batch_size={batch} is larger than the dataset ({len(self.dataset)} images)"
             )
-        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        self.total_steps = int(cfg.optim.epochs * self.steps_per_epoch)
         self.schedules = Schedules.from_config(cfg.optim, self.steps_per_epoch)
 
         torch.manual_seed(cfg.train.seed)

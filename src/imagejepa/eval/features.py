@@ -1,6 +1,17 @@
-"""Frozen-backbone features: average-pooled patch tokens (no class token)."""
+"""Frozen-backbone features: average-pooled (or all) patch tokens, cached on disk.
+
+Four feature sources share one interface so every probe can run its baselines in the
+same run: the checkpoint's ``target`` encoder (the paper's choice), its ``context``
+encoder, the same architecture at ``random`` initialisation, and raw ``pixels``.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -8,6 +19,9 @@ from tqdm import tqdm
 from ..data import EvalTransform, eval_batches
 from ..models import Encoder
 from ..runtime import autocast
+
+SOURCES = ("target", "context", "random", "pixels")
+CACHE_VERSION = 1  # bump when extraction changes, so old cache entries are not reused
 
 
 @torch.no_grad()
@@ -19,12 +33,16 @@ def extract_features(
     precision: str = "fp32",
     batch_size: int | None = None,
     last_layers: int = 1,
+    patch_tokens: bool = False,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(features (N, last_layers * D) float32, labels (N,))`` for a whole dataset.
+    """``(features, labels (N,))`` for a whole dataset, in dataset order.
 
-    With ``last_layers=k`` the pooled outputs of the last k blocks (each through the final
-    norm) are concatenated, as in the paper's "last 4 layers" evaluation.
+    Features are ``(N, k*D)`` float32 average-pooled patch tokens, or with
+    ``patch_tokens`` every token, ``(N, T, k*D)`` float16 (half the memory; the values are
+    layer-normed, well inside float16's range). With ``last_layers=k`` the last k blocks'
+    outputs (each through the final norm) are concatenated, as in the paper's "last 4
+    layers" evaluation.
     """
     if batch_size is None:
         # On CPU small batches stay in cache: 64 ran ~25% faster than 256 for the demo's ViT.
@@ -35,12 +53,163 @@ def extract_features(
                mininterval=1.0, leave=False)
     for images, y in eval_batches(dataset, transform, batch_size):
         with autocast(device, precision):
-            tokens = encoder(images.to(device), out_layers=last_layers)  # (k, B, N, D) or (B, N, D)
-        pooled = tokens.float().mean(dim=-2)
+            tokens = encoder(images.to(device), out_layers=last_layers)  # (k, B, T, D) or (B, T, D)
         if last_layers > 1:
-            pooled = pooled.permute(1, 0, 2).flatten(1)
-        feats.append(pooled.cpu())
+            tokens = torch.cat(tokens.unbind(0), dim=-1)  # (B, T, k*D)
+        out = tokens.half() if patch_tokens else tokens.float().mean(dim=1)
+        feats.append(out.cpu())
         labels.append(torch.as_tensor(y))
         bar.update(len(images))
     bar.close()
     return torch.cat(feats), torch.cat(labels)
+
+
+def pixel_features(dataset, transform: EvalTransform, patch_size: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw normalised pixels: ``(N, C*H*W)``, or with ``patch_size`` one token per patch,
+    ``(N, T, C*p*p)`` (the attentive probe's baseline)."""
+    xs, ys = [], []
+    for images, y in eval_batches(dataset, transform, 1024):
+        if patch_size:
+            p = patch_size
+            tokens = images.unfold(2, p, p).unfold(3, p, p)  # (B, C, H/p, W/p, p, p)
+            xs.append(tokens.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2).half())
+        else:
+            xs.append(images.flatten(1))
+        ys.append(torch.as_tensor(y))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes: the cache key of a checkpoint's weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("IMAGEJEPA_CACHE") or Path.home() / ".cache" / "imagejepa"
+    return Path(root) / "features"
+
+
+class FeatureCache:
+    """Features on disk as safetensors, one file per (weights, data, split, options) key."""
+
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder) if folder else default_cache_dir()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(parts: dict) -> str:
+        text = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def load(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        from safetensors.torch import load_file
+
+        path = self.folder / f"{key}.safetensors"
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            tensors = load_file(str(path))
+        except Exception:  # a damaged entry is recomputed, never trusted
+            self.misses += 1
+            return None
+        self.hits += 1
+        return tensors["features"], tensors["labels"]
+
+    def save(self, key: str, features: torch.Tensor, labels: torch.Tensor, about: dict) -> None:
+        """Atomic: written under a temporary name, then renamed into place."""
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{key}.{os.getpid()}.tmp"
+        save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp),
+                  metadata={"about": json.dumps(about, sort_keys=True)})
+        os.replace(tmp, self.folder / f"{key}.safetensors")
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """What to extract: ``source`` in SOURCES, from the last k layers, pooled or per patch."""
+
+    source: str = "target"
+    last_layers: int = 1
+    patch_tokens: bool = False
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"feature source must be one of {SOURCES}, got {self.source!r}")
+        if self.last_layers < 1:
+            raise ValueError(f"last_layers must be >= 1, got {self.last_layers}")
+
+
+class FeatureExtractor:
+    """Features of one checkpoint on one dataset split, from any source, through a cache.
+
+    ``extractor(request, split) -> (features, labels)`` with ``split`` ``"train"`` or ``"test"``.
+    """
+
+    def __init__(self, checkpoint, data_spec: str, device=None, precision: str = "auto",
+                 cache: FeatureCache | None = None, batch_size: int | None = None,
+                 progress: bool = True):
+        from .. import checkpoint as ckpt
+        from ..data import build_dataset
+        from ..runtime import resolve_device, resolve_precision
+
+        self.checkpoint = ckpt.resolve_checkpoint(checkpoint)
+        self.data_spec = data_spec
+        self.device = device or resolve_device("auto")
+        self.precision = resolve_precision(precision, self.device)
+        self.cache, self.batch_size, self.progress = cache, batch_size, progress
+        self._build_dataset = build_dataset
+        self._datasets = {}
+        self._weights_id = None
+
+    def dataset(self, split: str):
+        """The raw dataset of ``split`` ("train" or "test"), built on first use."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if split not in self._datasets:
+            self._datasets[split] = self._build_dataset(self.data_spec, train=split == "train")
+        return self._datasets[split]
+
+    def encoder(self, source: str) -> tuple[Encoder, EvalTransform]:
+        from ..loading import load_encoder
+
+        encoder, pre = load_encoder(self.checkpoint, which="context" if source == "context" else "target")
+        if source == "random":
+            from ..jepa import build_encoder
+            from ..loading import model_config
+
+            torch.manual_seed(0)
+            encoder = build_encoder(model_config(self.checkpoint)).eval().requires_grad_(False)
+        return encoder, EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std)
+
+    def weights_id(self) -> str:
+        if self._weights_id is None:
+            from ..checkpoint import MODEL_FILE
+
+            self._weights_id = file_fingerprint(self.checkpoint / MODEL_FILE)
+        return self._weights_id
+
+    def __call__(self, request: FeatureRequest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        dataset = self.dataset(split)
+        encoder, transform = self.encoder(request.source)
+        if request.source == "pixels":  # cheap: never cached
+            return pixel_features(dataset, transform, encoder.patch_size if request.patch_tokens else None)
+        about = {"weights": self.weights_id(), "data": self.data_spec, "split": split,
+                 "images": len(dataset), "precision": self.precision, **asdict(request)}
+        key = FeatureCache.key(about)
+        if self.cache is not None and (hit := self.cache.load(key)) is not None:
+            return hit
+        features, labels = extract_features(
+            encoder, dataset, transform, self.device, self.precision, self.batch_size,
+            request.last_layers, request.patch_tokens, self.progress,
+        )
+        if self.cache is not None:
+            self.cache.save(key, features, labels, about)
+        return features, labels
