@@ -55,6 +55,7 @@ def test_eval_reuses_cached_features(tiny_checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["eval", "knn", "--k", "0"], "--k values must be >= 1"),
+    (["eval", "linear", "--batchnorm"], "--batchnorm needs --solver adamw"),
     (["eval", "lowshot", "--shots", "0"], "neither a count >= 1"),
     (["eval", "linear", "--last-layers", "3"], "within [1, the encoder's depth 1]"),
     (["embed", "--out", "x.csv"], "--out must end in .npy or .safetensors"),
@@ -75,7 +76,8 @@ def test_eval_missing_checkpoint(tmp_path, capsys):
 
 def test_embed_npy_and_safetensors(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "feats.npy"
-    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", "synthetic", "--out", str(out)]) == 0
+    args = ["embed", "--checkpoint", str(tiny_checkpoint), "--data", "synthetic"]
+    assert main([*args, "--out", str(out)]) == 0
     summary = last_json(capsys.readouterr().out)
     feats, labels = np.load(out), np.load(tmp_path / "feats.labels.npy")
     assert feats.shape == (500, 192) and labels.shape == (500,) and summary["shape"] == [500, 192]

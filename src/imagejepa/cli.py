@@ -42,7 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         e = ev_sub.add_parser(name, help=text, description=text)
         _eval_arguments(e)
         if name == "linear":
-            e.add_argument("--batchnorm", action="store_true", help="BatchNorm before the linear head")
+            e.add_argument("--solver", choices=("lbfgs", "adamw"), default="lbfgs",
+                           help="lbfgs: logistic regression, L2 sweep (default); "
+                                "adamw: mini-batch, lr x weight-decay sweep")
+            e.add_argument("--batchnorm", action="store_true",
+                           help="BatchNorm before the linear head (needs --solver adamw)")
         if name == "knn":
             e.add_argument("--k", type=int, nargs="+", default=[10, 20, 100], help="neighbour counts")
             e.add_argument("--temperature", type=float, default=0.07)
@@ -146,7 +150,7 @@ def cmd_eval(args) -> None:
     if args.last_layers is not None and args.last_layers < 1:
         raise UsageError(f"--last-layers must be >= 1, got {args.last_layers}")
     settings = {
-        "linear": lambda: {"batchnorm": args.batchnorm},
+        "linear": lambda: {"solver": args.solver, "batchnorm": args.batchnorm},
         "knn": lambda: {"ks": tuple(args.k), "temperature": args.temperature},
         "lowshot": lambda: {"shots": tuple(args.shots), "seeds": args.seeds},
         "attentive": lambda: {},
@@ -165,6 +169,8 @@ def cmd_eval(args) -> None:
 
 
 def _check_eval_settings(protocol: str, settings: dict) -> None:
+    if protocol == "linear" and settings["batchnorm"] and settings["solver"] != "adamw":
+        raise UsageError("--batchnorm needs --solver adamw (BatchNorm + linear is trained by mini-batches)")
     if protocol == "knn":
         if any(k < 1 for k in settings["ks"]):
             raise UsageError(f"--k values must be >= 1, got {list(settings['ks'])}")

@@ -13,9 +13,8 @@ from __future__ import annotations
 import statistics
 
 import torch
-import torch.nn.functional as F
 
-from .heads import standardize, topk_accuracy
+from .heads import logistic_regression, standardize, topk_accuracy
 
 SHOTS = ("1", "5", "10", "1%")
 L2 = 1e-3  # no held-out labels to tune on at 1 shot; one fixed, moderate strength
@@ -39,25 +38,6 @@ def balanced_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Te
         members = (labels == c).nonzero().flatten()
         picks.append(members[torch.randperm(len(members), generator=g)[:per_class]])
     return torch.cat(picks)
-
-
-def logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = L2,
-                        iters: int = 300) -> torch.nn.Linear:
-    """Multinomial logistic regression by L-BFGS (a convex fit: no learning rate to tune)."""
-    head = torch.nn.Linear(x.shape[1], num_classes, device=x.device)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=iters, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-7)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(head(x), y) + l2 * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return head
 
 
 def lowshot_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
