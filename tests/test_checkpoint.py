@@ -152,8 +152,9 @@ class Payload:
 def test_load_train_state_refuses_pickled_objects(tmp_path):
     folder = save(tmp_path / "run", 1)
     torch.save({"step": 1, "payload": Payload()}, folder / "train_state.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ckpt.CheckpointError, match="refused to load.*Payload") as info:
         ckpt.load_train_state(folder)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
     # The same file loads with full unpickling: the refusal comes from weights_only.
     assert torch.load(folder / "train_state.pt", weights_only=False)["payload"].value == 42
 
