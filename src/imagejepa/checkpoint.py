@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -297,8 +296,9 @@ def load_train_state(folder: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message is a page of advice; keep the line that says what was found.
-        found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
-        detail = found.group(1).split(" was not an allowed")[0] if found else str(e).splitlines()[0]
+        found = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        detail = (found[0].removeprefix("WeightsUnpickler error: ").split(" was not an allowed")[0]
+                  if found else "not a tensors-only file")
         raise CheckpointError(
             f"{path}: refused to load, it holds more than tensors and plain types ({detail})"
         ) from e

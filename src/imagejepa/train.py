@@ -195,10 +195,11 @@ class Trainer:
         )
         start_time = last_ckpt_time = time.perf_counter()
         last = {}
-        with open(self.run_dir / "metrics.csv", "a", newline="") as f, StopSignals() as signals:
+        bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
+                   dynamic_ncols=True, mininterval=1.0)
+        # The bar is closed before any error propagates, so an error message is the last line.
+        with open(self.run_dir / "metrics.csv", "a", newline="") as f, StopSignals() as signals, bar:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
-                       dynamic_ncols=True, mininterval=1.0)
             batches = iter(self.loader)
             while self.step < stop:
                 t0 = time.perf_counter()
