@@ -138,7 +138,8 @@ def wait_for_rows(proc: subprocess.Popen, run_dir: Path, rows: int, timeout: flo
 def start_training(run_dir: Path, *extra, driver: Path | None = None, driver_args=()):
     prefix = [sys.executable, str(driver), *driver_args] if driver else [sys.executable, "-m", "imagejepa"]
     return subprocess.Popen(prefix + cli_args(run_dir, *extra), env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a cluster job
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -241,12 +242,21 @@ def test_kill_9_while_writing_a_checkpoint(tmp_path, reference, point):
 
 
 # -- stop signals ---------------------------------------------------------------------------
-def test_sigterm_finishes_the_step_checkpoints_and_exits_75(tmp_path, reference):
+@pytest.mark.parametrize("target, workers", [
+    ("process", 0),
+    # A cluster signals every process of the job: DataLoader workers must survive it too.
+    pytest.param("process group", 1, marks=pytest.mark.slow),
+])
+def test_sigterm_finishes_the_step_checkpoints_and_exits_75(tmp_path, reference, target, workers):
     run = tmp_path / "run"
     # A long run with no periodic checkpoint: the only checkpoint is the one SIGTERM causes.
-    proc = start_training(run, "train.max_steps=1000", "train.checkpoint_every_steps=null")
+    proc = start_training(run, "train.max_steps=1000", "train.checkpoint_every_steps=null",
+                          f"data.num_workers={workers}")
     wait_for_rows(proc, run, 2)
-    proc.send_signal(signal.SIGTERM)
+    if target == "process":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == PREEMPTED_EXIT, err[-2000:]
     stopped = len(metric_rows(run))  # every finished step is in metrics.csv ...
@@ -538,6 +548,16 @@ def test_config_errors_exit_2_before_any_work(tmp_path, capsys, monkeypatch, ove
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not run.exists()  # nothing was written: the error came before any work
+
+
+def test_starting_over_a_run_with_checkpoints_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(cli_args(run, "train.max_steps=2")) == 0
+    before = sha256(run / "checkpoints" / "step_00000002" / "model.safetensors")
+    capsys.readouterr()
+    assert main(cli_args(run, "train.max_steps=2")) == 2  # forgot --resume
+    assert "already holds checkpoints; continue that run with --resume" in error_line(capsys.readouterr().err)
+    assert sha256(run / "checkpoints" / "step_00000002" / "model.safetensors") == before
 
 
 def test_usage_errors_exit_2_from_the_console(tmp_path):

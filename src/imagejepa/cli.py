@@ -96,7 +96,17 @@ def cmd_pretrain(args) -> None:
     if args.resume:
         _check_same_run(cfg, Path(args.run_dir))
     run_dir = args.run_dir or f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not args.resume:
+        _check_fresh(Path(run_dir))
     Trainer(cfg, run_dir, resume=args.resume, fallback=args.fallback).fit()
+
+
+def _check_fresh(run_dir: Path) -> None:
+    """Starting over in a folder with checkpoints would replace them: never silently."""
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.glob("step_*")):
+        raise UsageError(f"{run_dir} already holds checkpoints; continue that run with --resume, "
+                         "or choose another --run-dir")
 
 
 def _check_same_run(cfg, run_dir: Path) -> None:

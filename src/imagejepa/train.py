@@ -233,6 +233,8 @@ class Trainer:
                 if out_of_time:
                     self.log(f"imagejepa: time limit of {cfg.max_minutes} min reached at step {self.step}")
                     break
+                if signals.received:  # arrived during the periodic save: that save is the one
+                    break
             bar.close()
             # Still inside StopSignals: a SIGTERM now must not interrupt the final save.
             path = self.save()
