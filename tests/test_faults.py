@@ -516,6 +516,16 @@ def test_on_nan_skip_step_skips_and_continues(tmp_path):
     assert any("non-finite loss (nan) at step 3: step skipped" in w for w in warnings)
 
 
+def test_skip_step_still_stops_a_run_that_only_produces_nan(tmp_path):
+    trainer = Trainer(config("train.max_steps=20", "train.on_nan=skip_step"), tmp_path,
+                      log=quiet, warn=quiet)
+    real_forward = trainer.forward
+    trainer.forward = lambda images, masks: (lambda out: (out[0] * float("nan"), out[1]))(
+        real_forward(images, masks))
+    with pytest.raises(NonFiniteError, match="at step 10 for 11 steps in a row"):
+        trainer.fit()
+
+
 def test_collapse_warning_names_the_step(tmp_path):
     warnings = []
     # Healthy tiny runs keep target_std near 0.5; a threshold above that must warn, once.
