@@ -58,6 +58,7 @@ class StopSignals:
 
 def ignore_stop_signals_in_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: a job-wide SIGTERM or Ctrl-C must not kill the workers
-    mid-step; they exit when the main process shuts the loader down (or dies)."""
+    mid-step. They exit when the main process shuts the loader down, which
+    :class:`~imagejepa.data.TrainLoader` always does, or within seconds of its death."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)

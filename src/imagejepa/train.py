@@ -14,6 +14,7 @@ with the previous one intact.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import sys
 import time
@@ -198,12 +199,12 @@ class Trainer:
         bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
                    dynamic_ncols=True, mininterval=1.0)
         # The bar is closed before any error propagates, so an error message is the last line.
-        with open(self.run_dir / "metrics.csv", "a", newline="") as f, StopSignals() as signals, bar:
+        with (open(self.run_dir / "metrics.csv", "a", newline="") as f, StopSignals() as signals, bar,
+              contextlib.closing(iter(self.loader)) as batches):
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            batches = iter(self.loader)
             while self.step < stop:
                 t0 = time.perf_counter()
-                images, _, skipped = next(batches)
+                images, _, skipped = _next_batch(batches)
                 if skipped:
                     self._note_skipped_files(skipped)
                 last = self.train_step(images, self.step)
@@ -323,6 +324,18 @@ class Trainer:
         self.step = int(state["step"])
         self.last_checkpoint = folder
         self.log(f"imagejepa: resumed from {folder} at step {self.step}")
+
+
+def _next_batch(batches):
+    """``next(batches)``; a data error raised in a DataLoader worker arrives with the worker's
+    traceback in its message: keep its last line, the one naming the file."""
+    try:
+        return next(batches)
+    except DataError as e:
+        lines = str(e).strip().splitlines()
+        if len(lines) > 1:
+            raise DataError(lines[-1].split(": ", 1)[-1]) from e
+        raise
 
 
 def _fmt(value):

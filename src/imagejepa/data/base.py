@@ -30,8 +30,9 @@ class DataError(RuntimeError):
 class BadImageError(DataError):
     """One image file could not be decoded; the message starts with its path."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: str, reason: str | None = None):
+        # One argument: a finished message (how DataLoader re-raises it from a worker).
+        super().__init__(path if reason is None else f"{path}: {reason}")
         self.path, self.reason = path, reason
 
 

@@ -127,7 +127,15 @@ class TrainLoader:
         return self.sampler.steps_per_epoch
 
     def __iter__(self):
-        return iter(self.loader)
+        batches = iter(self.loader)
+        try:
+            yield from batches
+        finally:
+            # Stop the workers now, on errors too (a traceback can keep the iterator alive,
+            # and workers ignore SIGTERM, so they must be told to exit; see preempt.py).
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 def eval_batches(raw, transform, batch_size: int = 256, num_workers: int = 0):
