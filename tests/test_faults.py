@@ -165,7 +165,8 @@ def reference(tmp_path_factory):
 def test_kill_9_at_a_random_moment_then_resume_matches(tmp_path, reference, seed):
     rng = random.Random(seed)
     run = tmp_path / "run"
-    proc = start_training(run, f"train.max_steps={STEPS}")
+    # Metrics written every 5 steps: the rows of checkpointed steps must survive the kill.
+    proc = start_training(run, f"train.max_steps={STEPS}", "train.log_every=5")
     wait_for_rows(proc, run, rng.randint(1, STEPS - 3))
     time.sleep(rng.uniform(0.0, 0.1))  # lands anywhere: in a step, a save, a metrics write
     proc.kill()
@@ -228,7 +229,7 @@ def test_kill_9_while_writing_a_checkpoint(tmp_path, reference, point):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     run = tmp_path / "run"
-    proc = start_training(run, f"train.max_steps={STEPS}", driver=driver,
+    proc = start_training(run, f"train.max_steps={STEPS}", "train.log_every=5", driver=driver,
                           driver_args=(owner, name, str(nth)))
     assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read()[-2000:]
     assert_checkpoints_sound(run)

@@ -229,6 +229,7 @@ class Trainer:
                     cfg.checkpoint_every_minutes and now - last_ckpt_time > 60 * cfg.checkpoint_every_minutes
                 )
                 if due and self.step < stop and not out_of_time:
+                    f.flush()  # the metrics of every step a checkpoint holds are on disk too
                     self.save()
                     last_ckpt_time = time.perf_counter()
                 if out_of_time:
@@ -237,6 +238,7 @@ class Trainer:
                 if signals.received:  # arrived during the periodic save: that save is the one
                     break
             bar.close()
+            f.flush()
             # Still inside StopSignals: a SIGTERM now must not interrupt the final save.
             path = self.save()
         if self.bad_files:
