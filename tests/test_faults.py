@@ -292,6 +292,14 @@ def test_signal_during_a_step_checkpoints_after_it(tmp_path, sig):
     assert signal.getsignal(sig) == before  # handlers are restored after training
 
 
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["pretrain", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"{PREEMPTED_EXIT}  pre-empted: SIGTERM, SIGINT or SIGUSR1" in out and "--fallback" in out
+
+
 def test_second_ctrl_c_interrupts_at_once():
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)

@@ -15,7 +15,7 @@ FAILURE_EXIT, USAGE_EXIT = 1, 2
 EXIT_CODES = """exit codes:
   0   finished
   1   the run failed: damaged checkpoint, non-finite loss, too many unreadable images,
-      disk full; the message names the cause and the last good checkpoint is intact
+      disk full; one line names the cause, and the checkpoints already written are intact
   2   usage or configuration error (one line naming the key or argument)
   75  pre-empted: SIGTERM, SIGINT or SIGUSR1 (SLURM --signal=USR1@SECONDS) arrived, the
       current step was finished and checkpointed; continue with --resume
