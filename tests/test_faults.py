@@ -242,6 +242,24 @@ def test_kill_9_while_writing_a_checkpoint(tmp_path, reference, point):
     assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
+def test_kill_9_while_resuming_keeps_config_and_metrics(tmp_path, reference):
+    """On --resume, config.yaml and metrics.csv are rewritten; a kill then spoils neither."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    run = tmp_path / "run"
+    Trainer(config("train.max_steps=4"), run, log=quiet, warn=quiet).fit()
+    # os.replace #1 puts the new config.yaml in place, #2 would do the same for metrics.csv.
+    resume = ["pretrain", "--run-dir", str(run), "--resume", "--set", f"train.max_steps={STEPS}"]
+    proc = subprocess.run([sys.executable, str(driver), "os", "replace", "2", *resume],
+                          env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert len(metric_rows(run)) == 4
+    assert load_config(run / "config.yaml").train.max_steps == STEPS
+    continue_run(run)
+    assert_same_run(run, reference)
+
+
 # -- stop signals ---------------------------------------------------------------------------
 @pytest.mark.parametrize("target, workers", [
     ("process", 0),

@@ -130,16 +130,22 @@ def save_checkpoint(
     return final
 
 
-def _point_latest(checkpoints_dir: Path, name: str) -> None:
-    pointer_tmp = checkpoints_dir / f".{LATEST}.tmp"
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a crash leaves either the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        pointer_tmp.write_text(name + "\n")
-        _fsync_file(pointer_tmp)
-        os.replace(pointer_tmp, checkpoints_dir / LATEST)
-        _fsync_dir(checkpoints_dir)
+        tmp.write_text(text)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
-        pointer_tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _point_latest(checkpoints_dir: Path, name: str) -> None:
+    atomic_write_text(checkpoints_dir / LATEST, name + "\n")
 
 
 def _step_of(folder: Path) -> int:

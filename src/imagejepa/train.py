@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import sys
 import time
 from pathlib import Path
@@ -251,16 +252,18 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
-        (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
+        # Both files are replaced atomically: a kill here must not spoil the next --resume.
+        ckpt.atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         metrics = self.run_dir / "metrics.csv"
         rows = []
         if metrics.exists():  # keep only rows of steps before the one we continue from
             with open(metrics, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) < self.step]
-        with open(metrics, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        ckpt.atomic_write_text(metrics, text.getvalue())
 
     def _recover(self) -> None:
         tidied = ckpt.recover(self.run_dir / "checkpoints")
