@@ -3,6 +3,7 @@ the normalisation statistics that suit them. Transforms are applied by the loade
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,7 +58,7 @@ def pil_to_uint8(image) -> torch.Tensor:
     return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str) -> torch.Tensor:
+def read_image(path: str | os.PathLike) -> torch.Tensor:
     """Decode an image file fully -> uint8 ``(C, H, W)``; :class:`BadImageError` naming the
     file when it is empty, truncated, not an image, or otherwise undecodable."""
     from PIL import Image, ImageOps
