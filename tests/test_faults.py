@@ -310,6 +310,23 @@ def test_signal_during_a_step_checkpoints_after_it(tmp_path, sig):
     assert signal.getsignal(sig) == before  # handlers are restored after training
 
 
+def test_sigterm_during_a_periodic_save_stops_after_it(tmp_path, monkeypatch):
+    real_save = ckpt.save_checkpoint
+
+    def signalled_save(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while step 2's checkpoint is written
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", signalled_save)
+    with pytest.raises(Preempted) as info:
+        Trainer(config("train.max_steps=8"), tmp_path, log=quiet, warn=quiet).fit()
+    # That save completes and is the one the exit points to: no extra step, no second save.
+    assert info.value.step == 2 and info.value.checkpoint.name == "step_00000002"
+    assert len(metric_rows(tmp_path)) == 2
+    assert [p.name for p in ckpt.complete_folders(tmp_path / "checkpoints")] == ["step_00000002"]
+    ckpt.verify_checkpoint(info.value.checkpoint)
+
+
 def test_help_documents_the_exit_codes(capsys):
     with pytest.raises(SystemExit) as info:
         main(["pretrain", "--help"])
