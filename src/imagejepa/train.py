@@ -168,10 +168,9 @@ class Trainer:
         self.warn(f"imagejepa: warning: non-finite {problem} at step {step}: step skipped "
                   "(train.on_nan=skip_step)")
 
-    def _note_skipped_files(self, skipped: list[str]) -> None:
+    def _note_skipped_files(self, skipped: list[tuple[str, str]]) -> None:
         """Warn once per unreadable file; stop when more than data.max_bad_fraction are bad."""
-        for entry in skipped:
-            path, _, reason = entry.partition(": ")
+        for path, reason in skipped:
             if path not in self.bad_files:
                 self.bad_files[path] = reason
                 self.warn(f"imagejepa: warning: skipped unreadable image {path} ({reason})")
@@ -179,7 +178,7 @@ class Trainer:
         if len(self.bad_files) > limit:
             raise DataError(
                 f"{len(self.bad_files)} of the {len(self.dataset)} image files are unreadable, more "
-                f"than data.max_bad_fraction={self.cfg.data.max_bad_fraction}; the last: {skipped[-1]}. "
+                f"than data.max_bad_fraction={self.cfg.data.max_bad_fraction}; the last: {path} ({reason}). "
                 "Fix or remove them, or raise data.max_bad_fraction"
             )
 

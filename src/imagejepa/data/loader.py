@@ -52,7 +52,7 @@ class _Augmented(Dataset):
 
 class _TrainSamples(_Augmented):
     """``dataset[(index, seed)] -> (image, label, skipped)``, ``skipped`` a tuple of
-    ``"path: reason"`` for the unreadable files replaced by a substitute."""
+    ``(path, reason)`` for the unreadable files replaced by a substitute."""
 
     def __init__(self, raw, transform, on_error: str = "skip"):
         super().__init__(raw, transform)
@@ -68,10 +68,11 @@ class _TrainSamples(_Augmented):
             except BadImageError as e:
                 if self.on_error == "raise":
                     raise
-                skipped.append(str(e))
+                skipped.append((e.path, e.reason))
                 index = mix_seed(seed, attempt, 0x5B1F) % len(self.raw)
         else:
-            raise DataError(f"{MAX_SUBSTITUTES} unreadable images in a row; the last: {skipped[-1]}")
+            path, reason = skipped[-1]
+            raise DataError(f"{MAX_SUBSTITUTES} unreadable images in a row; the last: {path}: {reason}")
         return self.transform(image, torch.Generator().manual_seed(seed)), label, tuple(skipped)
 
 
@@ -105,7 +106,7 @@ class _StepBatches(Sampler):
 
 class TrainLoader:
     """Endless iterator of ``(images (B, C, S, S), labels (B,), skipped)`` starting at
-    ``start_step``; ``skipped`` lists ``"path: reason"`` of files replaced in this batch."""
+    ``start_step``; ``skipped`` lists ``(path, reason)`` of the files replaced in this batch."""
 
     def __init__(self, raw, transform, batch_size: int, seed: int, num_workers: int = 0,
                  start_step: int = 0, pin_memory: bool = False, on_error: str = "skip"):
