@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import pytest
@@ -152,8 +153,9 @@ class Payload:
 def test_load_train_state_refuses_pickled_objects(tmp_path):
     folder = save(tmp_path / "run", 1)
     torch.save({"step": 1, "payload": Payload()}, folder / "train_state.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ckpt.CheckpointError, match="refused to load.*Payload") as info:
         ckpt.load_train_state(folder)
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
     # The same file loads with full unpickling: the refusal comes from weights_only.
     assert torch.load(folder / "train_state.pt", weights_only=False)["payload"].value == 42
 
@@ -188,3 +190,49 @@ def test_load_encoder_round_trip(tmp_path, which):
     torch.testing.assert_close(encoder(x), source(x))
     with pytest.raises(ValueError, match="which"):
         load_encoder(tmp_path / "run", which="online")
+
+
+def test_keep_last_plus_keep_every(tmp_path):
+    run = tmp_path / "run"
+    for step in range(1, 11):
+        ckpt.save_checkpoint(run / "checkpoints", step, sample_tensors(step), sample_state(step),
+                             {"step": step}, keep_last=2, keep_every=4)
+    names = [p.name for p in ckpt.complete_folders(run / "checkpoints")]
+    assert names == ["step_00000004", "step_00000008", "step_00000009", "step_00000010"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_recover_tidies_an_interrupted_save(tmp_path):
+    d = tmp_path / "checkpoints"
+    save(tmp_path, 3)
+    save(tmp_path, 5)
+    # Killed in a re-save of step 5, between moving the old folder aside and the new one in:
+    os.rename(d / "step_00000005", d / ".old-step_00000005-1234abcd")
+    (d / ".tmp-step_00000007-deadbeef").mkdir()  # killed while writing step 7
+    (d / ".del-step_00000001-cafef00d").mkdir()  # killed while deleting step 1
+    tidied = ckpt.recover(d)
+    assert sorted(tidied) == [".del-step_00000001-cafef00d", ".old-step_00000005-1234abcd",
+                              ".tmp-step_00000007-deadbeef"]
+    assert sorted(p.name for p in d.iterdir()) == ["latest", "step_00000003", "step_00000005"]
+    assert ckpt.find_checkpoint(tmp_path).name == "step_00000005"
+
+
+def test_find_checkpoint_falls_back_only_when_told(tmp_path):
+    save(tmp_path, 3)
+    save(tmp_path, 5)
+    bad = tmp_path / "checkpoints" / "step_00000005" / "meta.json"
+    bad.write_text('{"step": 6}')
+    with pytest.raises(ckpt.CheckpointError, match=f"{bad}: .*bytes|{bad}: sha256"):
+        ckpt.find_checkpoint(tmp_path)
+    warnings = []
+    assert ckpt.find_checkpoint(tmp_path, fallback=True, warn=warnings.append).name == "step_00000003"
+    assert len(warnings) == 1 and "step_00000005" in warnings[0] and str(bad) in warnings[0]
+    (tmp_path / "checkpoints" / "step_00000003" / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="passes verification"):
+        ckpt.find_checkpoint(tmp_path, fallback=True)
+
+
+def test_train_state_must_be_plain(tmp_path):
+    with pytest.raises(TypeError, match=r"train_state\['payload'\]: Payload is not a tensor"):
+        ckpt.save_checkpoint(tmp_path, 1, sample_tensors(), {"step": 1, "payload": Payload()}, {})
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary folder

@@ -253,7 +253,8 @@ def small_loader(seed=0, start_step=0, num_workers=0, batch_size=4):
 
 
 def take(loader, n):
-    return list(itertools.islice(iter(loader), n))
+    """The first n ``(images, labels)`` of a loader (its third item, skipped files, dropped)."""
+    return [batch[:2] for batch in itertools.islice(iter(loader), n)]
 
 
 def assert_same_batches(a, b):
@@ -379,3 +380,71 @@ def test_crop_area_fraction_distribution_matches_torchvision():
     assert min(ours) < 0.32 and max(ours) > 0.97
     assert abs(np.mean(ours) - np.mean(theirs)) < 0.03
     assert abs(np.std(ours) - np.std(theirs)) < 0.03
+
+
+# -- awkward and broken image files ---------------------------------------------------------
+def test_read_image_converts_modes_and_depths(tmp_path):
+    from imagejepa.data.base import read_image
+
+    wide = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "gray16.png")  # 16-bit grey: scaled, not clipped
+    assert read_image(tmp_path / "gray16.png").tolist() == [[[0, 100, 255]]]
+    Image.new("CMYK", (4, 3), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")  # no ink: white
+    cmyk = read_image(tmp_path / "cmyk.jpg")
+    assert cmyk.shape == (3, 3, 4) and cmyk.min() >= 250
+    Image.new("RGBA", (5, 2), (10, 20, 30, 0)).save(tmp_path / "rgba.png")  # alpha dropped
+    assert read_image(tmp_path / "rgba.png")[:, 0, 0].tolist() == [10, 20, 30]
+    Image.new("LA", (2, 2), (77, 255)).save(tmp_path / "la.png")
+    assert read_image(tmp_path / "la.png").tolist() == [[[77, 77], [77, 77]]]
+    Image.new("RGB", (2, 2), (255, 0, 0)).convert("P").save(tmp_path / "p.png")
+    assert read_image(tmp_path / "p.png")[:, 0, 0].tolist() == [255, 0, 0]
+
+
+def test_tiny_images_are_upscaled_by_the_crop(tmp_path):
+    from imagejepa.data.base import read_image
+
+    Image.fromarray(np.full((2, 3, 3), 128, dtype=np.uint8)).save(tmp_path / "tiny.png")
+    t = TrainTransform(size=32, in_chans=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    out = t(read_image(tmp_path / "tiny.png"), torch.Generator().manual_seed(0))
+    assert out.shape == (3, 32, 32)
+    torch.testing.assert_close(out, torch.full_like(out, (128 / 255 - 0.5) / 0.5))
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.png", b"", "cannot identify image file"),
+    ("text.jpg", b"hello, not an image", "cannot identify image file"),
+    ("truncated.png", None, "truncated"),
+])
+def test_broken_files_raise_naming_the_file(tmp_path, name, content, reason):
+    import io
+
+    from imagejepa.data import BadImageError
+    from imagejepa.data.base import read_image
+
+    if content is None:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8) + 9).save(buf, "PNG")
+        content = buf.getvalue()[:-40]
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(BadImageError, match=reason) as info:
+        read_image(tmp_path / name)
+    assert str(info.value).startswith(f"{tmp_path / name}: ") and info.value.path == str(tmp_path / name)
+
+
+def test_loader_replaces_broken_files_deterministically(tmp_path):
+    from imagejepa.data import BadImageError
+
+    make_image_folder(tmp_path / "images", per_class=4, size=(12, 12))
+    (tmp_path / "images" / "dog" / "0.png").write_bytes(b"broken")
+    ds = build_dataset(f"imagefolder:{tmp_path / 'images'}")
+    t = TrainTransform(size=8, in_chans=3, mean=ds.mean, std=ds.std)
+    loader = lambda **kw: TrainLoader(ds, t, batch_size=4, seed=0, **kw)
+    first = list(itertools.islice(iter(loader()), 4))  # two epochs of 8 files
+    skipped = [s for _, _, batch_skipped in first for s in batch_skipped]
+    assert len(skipped) >= 2 and {path for path, _ in skipped} == {str(tmp_path / "images/dog/0.png")}
+    assert all(images.shape == (4, 3, 8, 8) for images, _, _ in first)
+    again = list(itertools.islice(iter(loader()), 4))
+    for (a, la, sa), (b, lb, sb) in zip(first, again):
+        assert torch.equal(a, b) and torch.equal(la, lb) and sa == sb
+    with pytest.raises(BadImageError, match="dog/0.png"):
+        list(itertools.islice(iter(loader(on_error="raise")), 4))

@@ -62,7 +62,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     one = Trainer(tiny_config(), tmp_path / "a", log=quiet)
     acc = Trainer(tiny_config("optim.grad_accum=2"), tmp_path / "b", log=quiet)
-    images, _ = next(iter(one.loader))
+    images, *_ = next(iter(one.loader))
     m1, m2 = one.train_step(images, 0), acc.train_step(images, 0)
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
     for p, q in zip(one.model.encoder.parameters(), acc.model.encoder.parameters()):

@@ -1,4 +1,4 @@
-"""Atomic checkpoints and safe loading.
+"""Atomic, verified checkpoints and safe loading.
 
 A checkpoint is a folder ``checkpoints/step_00000020/`` holding
 
@@ -6,17 +6,22 @@ A checkpoint is a folder ``checkpoints/step_00000020/`` holding
   ``target_encoder.``, ``predictor.``), loadable without unpickling anything;
 - ``train_state.pt``: optimiser state, step and RNG states; tensors and plain types only,
   read back with ``torch.load(weights_only=True)``;
-- ``meta.json``: step, epoch, the resolved config, architecture and normalisation.
+- ``meta.json``: step, epoch, the resolved config, architecture and normalisation;
+- ``manifest.json``: size and sha256 of each of the files above, written last.
 
 The folder is written under a temporary name, flushed to disk and renamed into place;
 then the ``latest`` file (the folder's name) is replaced atomically. A crash at any moment
 leaves the previous complete checkpoint and a ``latest`` that names a complete one.
+Loading verifies the manifest; a checkpoint that fails is reported by file name, and an
+older complete one is used instead only when the caller asks for it (``fallback=True``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import shutil
 import uuid
 from pathlib import Path
@@ -25,7 +30,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-MODEL_FILE, STATE_FILE, META_FILE, LATEST = "model.safetensors", "train_state.pt", "meta.json", "latest"
+MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "train_state.pt", "meta.json"
+MANIFEST, LATEST = "manifest.json", "latest"
+DATA_FILES = (MODEL_FILE, STATE_FILE, META_FILE)
+PLAIN_TYPES = (bool, int, float, str, type(None), torch.Tensor)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written, or fails verification or safe loading."""
 
 
 def _fsync_file(path: Path) -> None:
@@ -41,8 +53,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def check_plain(obj: Any, where: str = "train_state") -> None:
+    """Refuse anything but tensors, numbers, strings, None, lists, tuples and dicts: those are
+    exactly what ``torch.load(weights_only=True)`` reads back without running code."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            check_plain(k, f"{where} key")
+            check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+    elif not isinstance(obj, PLAIN_TYPES):
+        raise TypeError(f"{where}: {type(obj).__name__} is not a tensor or plain type")
 
 
 def save_checkpoint(
@@ -52,73 +86,201 @@ def save_checkpoint(
     train_state: dict[str, Any],
     meta: dict[str, Any],
     keep_last: int | None = None,
+    keep_every: int | None = None,
 ) -> Path:
-    """Write one checkpoint atomically and point ``latest`` at it; returns its folder."""
+    """Write one checkpoint atomically and point ``latest`` at it; returns its folder.
+
+    Retention: the ``keep_last`` newest checkpoints are kept, and also every one whose step
+    is a multiple of ``keep_every``. On any error (disk full included) the temporary folder
+    is removed, the previous checkpoints and ``latest`` are untouched, and the error is raised.
+    """
+    check_plain(train_state)
+    checkpoints_dir = Path(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / checkpoint_name(step)
     tmp = checkpoints_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     replaced = None
     try:
+        tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / MODEL_FILE))
         torch.save(train_state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        for name in (MODEL_FILE, STATE_FILE, META_FILE):
+        for name in DATA_FILES:
             _fsync_file(tmp / name)
+        manifest = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name)}
+                    for name in DATA_FILES}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": manifest}, indent=2))
+        _fsync_file(tmp / MANIFEST)
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step: move the old one aside first
             replaced = checkpoints_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
             os.rename(final, replaced)
         os.rename(tmp, final)
         _fsync_dir(checkpoints_dir)
+        _point_latest(checkpoints_dir, final.name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if replaced is not None and not final.exists():
             os.rename(replaced, final)
         raise
-    pointer_tmp = checkpoints_dir / f".{LATEST}.tmp"
-    pointer_tmp.write_text(final.name + "\n")
-    _fsync_file(pointer_tmp)
-    os.replace(pointer_tmp, checkpoints_dir / LATEST)
-    _fsync_dir(checkpoints_dir)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
     if keep_last:
-        _prune(checkpoints_dir, keep_last, keep=final.name)
+        prune(checkpoints_dir, keep_last, keep_every, keep=final.name)
     return final
 
 
-def _prune(checkpoints_dir: Path, keep_last: int, keep: str) -> None:
-    complete = sorted(p for p in checkpoints_dir.glob("step_*") if p.is_dir())
-    for old in complete[:-keep_last]:
-        if old.name != keep:
-            shutil.rmtree(old, ignore_errors=True)
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a crash leaves either the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _point_latest(checkpoints_dir: Path, name: str) -> None:
+    atomic_write_text(checkpoints_dir / LATEST, name + "\n")
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name.split("_", 1)[1])
+
+
+def complete_folders(checkpoints_dir: Path) -> list[Path]:
+    """Checkpoint folders (``step_*``, renamed into place) in step order, oldest first."""
+    found = [p for p in Path(checkpoints_dir).glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=_step_of)
+
+
+def prune(checkpoints_dir: Path, keep_last: int, keep_every: int | None = None, keep: str = "") -> None:
+    """Delete all but the ``keep_last`` newest checkpoints and those at multiples of
+    ``keep_every``; never ``keep`` nor the one ``latest`` names. Each folder is first renamed
+    out of the ``step_*`` namespace, so a crash mid-delete never leaves a half-deleted
+    folder that looks like a checkpoint."""
+    pointer = Path(checkpoints_dir) / LATEST
+    current = pointer.read_text().strip() if pointer.is_file() else ""
+    for old in complete_folders(checkpoints_dir)[:-keep_last]:
+        if old.name in (keep, current) or (keep_every and _step_of(old) % keep_every == 0):
+            continue
+        doomed = old.with_name(f".del-{old.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def recover(checkpoints_dir: Path) -> list[str]:
+    """Tidy what a killed save or prune left behind; returns the names removed or restored.
+
+    ``.tmp-*`` (an unfinished save) and ``.del-*`` (an unfinished delete) are removed; an
+    ``.old-step_N-*`` whose ``step_N`` is missing (killed between the two renames of a
+    re-save) is renamed back. Only one process writes a run's checkpoints, so nothing
+    found here is in use.
+    """
+    d = Path(checkpoints_dir)
+    if not d.is_dir():
+        return []
+    done = []
+    for p in sorted(d.glob(".old-step_*")):
+        name = p.name[len(".old-"):].rsplit("-", 1)[0]
+        if not (d / name).exists():
+            os.rename(p, d / name)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        done.append(p.name)
+    for p in sorted([*d.glob(".tmp-*"), *d.glob(".del-*")]):
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(p.name)
+    (d / f".{LATEST}.tmp").unlink(missing_ok=True)
+    return done
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Raise :class:`CheckpointError` naming the first file that is missing, has the wrong
+    size or the wrong sha256 according to ``manifest.json``."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{manifest_path}: missing, so {folder} cannot be verified") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({e})") from None
+    for name in DATA_FILES:
+        path = folder / name
+        if name not in files:
+            raise CheckpointError(f"{manifest_path}: lists no entry for {name}")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (listed in the manifest)")
+        size = path.stat().st_size
+        if size != files[name]["size"]:
+            raise CheckpointError(f"{path}: {size} bytes, the manifest says {files[name]['size']}")
+        if sha256_of(path) != files[name]["sha256"]:
+            raise CheckpointError(f"{path}: sha256 differs from the manifest (the file is corrupt)")
+
+
+def _checkpoints_dir(path: Path) -> Path:
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
 def latest_checkpoint(run_or_checkpoints_dir: Path) -> Path | None:
-    """The folder that ``latest`` names, under ``RUN/checkpoints`` or the folder given."""
-    d = Path(run_or_checkpoints_dir)
-    if (d / "checkpoints").is_dir():
-        d = d / "checkpoints"
+    """The folder that ``latest`` names, under ``RUN/checkpoints`` or the folder given, if it
+    has been renamed into place (no verification; see :func:`find_checkpoint`)."""
+    d = _checkpoints_dir(Path(run_or_checkpoints_dir))
     pointer = d / LATEST
     if not pointer.is_file():
         return None
     folder = d / pointer.read_text().strip()
-    return folder if (folder / MODEL_FILE).is_file() else None
+    return folder if (folder / MANIFEST).is_file() else None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder, a checkpoints folder or a checkpoint folder -> the checkpoint folder."""
+def find_checkpoint(run_or_checkpoints_dir: Path, fallback: bool = False,
+                    warn=lambda message: None) -> Path:
+    """The newest verified checkpoint of a run.
+
+    Without ``fallback`` that is the one ``latest`` names, verified; any problem raises
+    :class:`CheckpointError` naming the bad file. With ``fallback`` the checkpoints are tried
+    newest first and each one that fails verification is reported through ``warn``.
+    """
+    d = _checkpoints_dir(Path(run_or_checkpoints_dir))
+    pointer = d / LATEST
+    if not fallback:
+        if not pointer.is_file():
+            raise FileNotFoundError(f"no complete checkpoint under {d}: {LATEST} not found")
+        folder = d / pointer.read_text().strip()
+        if not folder.is_dir():
+            raise CheckpointError(f"{pointer} names {folder.name}, which does not exist")
+        verify_checkpoint(folder)
+        return folder
+    for folder in reversed(complete_folders(d)):
+        try:
+            verify_checkpoint(folder)
+            return folder
+        except CheckpointError as e:
+            warn(f"skipping checkpoint {folder.name}: {e}")
+    raise FileNotFoundError(f"no complete checkpoint under {d} passes verification")
+
+
+def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
+    """A run folder, a checkpoints folder or a checkpoint folder -> the checkpoint folder,
+    verified against its manifest."""
     path = Path(path)
     if (path / MODEL_FILE).is_file():
-        return path
-    found = latest_checkpoint(path)
-    if found is None:
-        raise FileNotFoundError(
-            f"no checkpoint at {path}: expected a checkpoint folder with {MODEL_FILE}, "
-            f"or a run folder whose checkpoints/{LATEST} names one"
-        )
-    return found
+        folder = path
+    else:
+        folder = latest_checkpoint(path)
+        if folder is None:
+            raise FileNotFoundError(
+                f"no checkpoint at {path}: expected a checkpoint folder with {MODEL_FILE}, "
+                f"or a run folder whose checkpoints/{LATEST} names one"
+            )
+    if verify:
+        verify_checkpoint(folder)
+    return folder
 
 
 def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -133,7 +295,19 @@ def load_tensors(folder: Path, prefix: str | None = None) -> dict[str, torch.Ten
 
 
 def load_train_state(folder: Path) -> dict[str, Any]:
-    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    """``train_state.pt`` with ``weights_only=True``: a file holding anything but tensors and
+    plain types (a pickled object, a "pickle bomb") is refused, never executed."""
+    path = Path(folder) / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is a page of advice; keep the line that says what was found.
+        found = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        detail = (found[0].removeprefix("WeightsUnpickler error: ").split(" was not an allowed")[0]
+                  if found else "not a tensors-only file")
+        raise CheckpointError(
+            f"{path}: refused to load, it holds more than tensors and plain types ({detail})"
+        ) from e
 
 
 def load_meta(folder: Path) -> dict[str, Any]:

@@ -11,7 +11,17 @@ from pathlib import Path
 
 from .config import ConfigError
 
-USAGE_EXIT = 2
+FAILURE_EXIT, USAGE_EXIT = 1, 2
+EXIT_CODES = """exit codes:
+  0   finished
+  1   the run failed: damaged checkpoint, non-finite loss, too many unreadable images,
+      disk full; one line names the cause, and the checkpoints already written are intact
+  2   usage or configuration error (one line naming the key or argument)
+  75  pre-empted: SIGTERM, SIGINT or SIGUSR1 (SLURM --signal=USR1@SECONDS) arrived, the
+      current step was finished and checkpointed; continue with --resume
+  130 interrupted before training started, or Ctrl-C pressed twice"""
+# Settings that may change when a run is resumed: they do not change what is computed.
+RESUME_FREE = {"data.num_workers", "data.on_error", "data.max_bad_fraction"}
 
 
 class UsageError(Exception):
@@ -19,16 +29,21 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imagejepa", description="I-JEPA pretraining and evaluation")
+    p = argparse.ArgumentParser(prog="imagejepa", description="I-JEPA pretraining and evaluation",
+                                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    pre = sub.add_parser("pretrain", help="pretrain an encoder with I-JEPA")
+    pre = sub.add_parser("pretrain", help="pretrain an encoder with I-JEPA", epilog=EXIT_CODES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     pre.add_argument("--config", help="YAML config (this project's schema or an official I-JEPA file)")
     pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set optim.lr=5e-4 (repeatable)")
     pre.add_argument("--run-dir", help="output folder (default: runs/<config name>-<time>)")
     pre.add_argument("--resume", action="store_true",
                      help="continue from the run folder's latest checkpoint")
+    pre.add_argument("--fallback", action="store_true",
+                     help="with --resume: if the latest checkpoint fails verification, continue "
+                          "from the newest one that passes (without it, that is an error)")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint's frozen encoder")
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
@@ -109,6 +124,8 @@ def cmd_pretrain(args) -> None:
 
     if args.resume and not args.run_dir:
         raise UsageError("--resume needs --run-dir (the run to continue)")
+    if args.fallback and not args.resume:
+        raise UsageError("--fallback only applies with --resume")
     config_path = args.config
     if config_path is None:
         if not args.resume:
@@ -118,7 +135,17 @@ def cmd_pretrain(args) -> None:
     if args.resume:
         _check_same_run(cfg, Path(args.run_dir))
     run_dir = args.run_dir or f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    Trainer(cfg, run_dir, resume=args.resume).fit()
+    if not args.resume:
+        _check_fresh(Path(run_dir))
+    Trainer(cfg, run_dir, resume=args.resume, fallback=args.fallback).fit()
+
+
+def _check_fresh(run_dir: Path) -> None:
+    """Starting over in a folder with checkpoints would replace them: never silently."""
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.glob("step_*")):
+        raise UsageError(f"{run_dir} already holds checkpoints; continue that run with --resume, "
+                         "or choose another --run-dir")
 
 
 def _check_same_run(cfg, run_dir: Path) -> None:
@@ -134,7 +161,7 @@ def _check_same_run(cfg, run_dir: Path) -> None:
         f"{section}.{key}"
         for section in ("model", "mask", "data", "optim")
         for key in current[section]
-        if current[section][key] != saved[section][key]
+        if current[section][key] != saved[section].get(key) and f"{section}.{key}" not in RESUME_FREE
     ]
     if current["train"]["seed"] != saved["train"]["seed"]:
         changed.append("train.seed")
@@ -223,11 +250,22 @@ COMMANDS = {"pretrain": cmd_pretrain, "eval": cmd_eval, "embed": cmd_embed, "ben
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .checkpoint import CheckpointError  # after parsing: --help stays fast
+    from .data import DataError
+    from .preempt import PREEMPTED_EXIT, Preempted
+    from .train import NonFiniteError
+
     try:
         COMMANDS[args.command](args)
     except (UsageError, ConfigError, FileNotFoundError) as e:
         print(f"imagejepa {args.command}: error: {e}", file=sys.stderr)
         return USAGE_EXIT
+    except Preempted as e:
+        print(f"imagejepa {args.command}: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
+    except (CheckpointError, DataError, NonFiniteError) as e:
+        print(f"imagejepa {args.command}: error: {e}", file=sys.stderr)
+        return FAILURE_EXIT
     except KeyboardInterrupt:
         print("imagejepa: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class DataConfig:
     batch_size: int = 256  # global batch per optimiser step
     num_workers: int = 0
     crop_scale: tuple[float, float] = (0.3, 1.0)
+    on_error: str = "skip"  # unreadable image files: skip (with a warning) | raise
+    max_bad_fraction: float = 0.01  # stop once more than this fraction of the files was unreadable
 
 
 @dataclass
@@ -77,6 +80,9 @@ class TrainConfig:
     checkpoint_every_steps: int | None = 1000
     checkpoint_every_minutes: float | None = 30.0
     keep_last: int = 3  # complete checkpoints kept on disk (older ones are deleted)
+    keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
+    on_nan: str = "stop"  # a non-finite loss or gradient: stop | skip_step
+    collapse_std: float | None = 0.15  # warn when the target features' per-dim std falls below
     precision: str = "auto"  # auto | fp32 | bf16
     log_every: int = 10
     compile: bool = False
@@ -107,6 +113,8 @@ class Config:
 ALLOWED = {
     "optim.loss": ("smooth_l1", "l2"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.on_nan": ("stop", "skip_step"),
+    "data.on_error": ("skip", "raise"),
 }
 
 
@@ -294,6 +302,14 @@ def validate(cfg: Config) -> None:
         f"train.checkpoint_every_steps must be >= 1, got {t.checkpoint_every_steps}",
     )
     _require(t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}")
+    _require(t.keep_every is None or t.keep_every >= 1, f"train.keep_every must be >= 1, got {t.keep_every}")
+    _require(
+        t.collapse_std is None or 0 <= t.collapse_std < math.inf,
+        f"train.collapse_std must be a finite number >= 0 or null, got {t.collapse_std}",
+    )
+    _require(
+        0 <= d.max_bad_fraction <= 1, f"data.max_bad_fraction must be within [0, 1], got {d.max_bad_fraction}"
+    )
     _require(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _require(
         t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
@@ -307,6 +323,23 @@ def validate(cfg: Config) -> None:
         MultiBlockMaskSampler(grid, mask_settings(cfg))
     except MaskError as e:
         raise ConfigError(str(e)) from None
+
+
+def check_batch_split(cfg: Config, world_size: int) -> None:
+    """The global batch must split evenly over processes and accumulation chunks."""
+    parts = world_size * cfg.optim.grad_accum
+    _require(
+        cfg.data.batch_size % parts == 0,
+        f"data.batch_size={cfg.data.batch_size} is not divisible by world size {world_size} x "
+        f"optim.grad_accum {cfg.optim.grad_accum} = {parts}",
+    )
+
+
+def world_size_from_env() -> int:
+    """``WORLD_SIZE`` as set by torchrun (1 when unset)."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    _require(raw.isdigit() and int(raw) >= 1, f"environment WORLD_SIZE={raw!r} is not a positive integer")
+    return int(raw)
 
 
 def mask_settings(cfg: Config):

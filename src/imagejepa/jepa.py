@@ -19,6 +19,7 @@ from torch import nn
 
 from .masking import Masks
 from .models import Encoder, Predictor, gather_tokens
+from .monitor import per_dim_std
 
 
 class IJEPA(nn.Module):
@@ -52,8 +53,8 @@ class IJEPA(nn.Module):
         with torch.no_grad():
             metrics = {
                 # Std over the batch of each feature, averaged: near 0 means collapse.
-                "target_std": target.flatten(0, -2).std(0).mean(),
-                "pred_std": predicted.detach().flatten(0, -2).std(0).mean(),
+                "target_std": per_dim_std(target).mean(),
+                "pred_std": per_dim_std(predicted.detach()).mean(),
                 "context_patches": masks.context.shape[1],
                 "target_patches": masks.targets.shape[2],
             }

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..config import ConfigError
-from .base import ImageFolderDataset, TensorImageDataset, channel_stats
+from .base import BadImageError, DataError, ImageFolderDataset, TensorImageDataset, channel_stats
 from .loader import TrainLoader, eval_batches
 from .transforms import EvalTransform, TrainTransform
 
@@ -37,6 +37,14 @@ def parse_data_spec(spec: str) -> DataSpec:
     if kind == "synthetic" and arg:
         raise ConfigError(f"data spec {spec!r}: 'synthetic' takes no argument")
     return DataSpec(kind, arg or None)
+
+
+def check_data_path(spec: str) -> None:
+    """Fail fast (before any model is built) when the spec names a folder that is missing."""
+    kind, arg = parse_data_spec(spec)
+    if arg is not None and not Path(arg).is_dir():
+        what = "image folder" if kind == "imagefolder" else "Fashion-MNIST folder"
+        raise ConfigError(f"data.dataset={spec!r}: {what} not found: {arg}")
 
 
 def _imagefolder_split(root: Path, train: bool) -> Path:
@@ -67,6 +75,7 @@ def build_dataset(spec: str, train: bool = True):
 
 
 __all__ = [
-    "DataSpec", "EvalTransform", "ImageFolderDataset", "TensorImageDataset", "TrainLoader",
+    "BadImageError", "DataError", "DataSpec", "check_data_path",
+    "EvalTransform", "ImageFolderDataset", "TensorImageDataset", "TrainLoader",
     "TrainTransform", "build_dataset", "channel_stats", "eval_batches", "parse_data_spec",
 ]

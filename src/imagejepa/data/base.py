@@ -3,8 +3,10 @@ the normalisation statistics that suit them. Transforms are applied by the loade
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,6 +22,54 @@ def channel_stats(stats: Sequence[float], in_chans: int) -> tuple[float, ...]:
     if in_chans == 1:
         return (sum(stats) / len(stats),)
     raise ValueError(f"no normalisation for {in_chans} channels from {len(stats)}-channel stats")
+
+
+class DataError(RuntimeError):
+    """The data cannot be used: too many unreadable files, or one with ``data.on_error: raise``."""
+
+
+class BadImageError(DataError):
+    """One image file could not be decoded; the message starts with its path."""
+
+    def __init__(self, path: str, reason: str | None = None):
+        # One argument: a finished message (how DataLoader re-raises it from a worker).
+        super().__init__(path if reason is None else f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+GREY_MODES = ("1", "L", "LA", "F")
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def pil_to_uint8(image) -> torch.Tensor:
+    """A PIL image of any mode -> uint8 ``(1, H, W)`` (grey) or ``(3, H, W)`` (colour).
+
+    16-bit (and 32-bit integer) grey is scaled from 0..65535 to 0..255 instead of clipped;
+    alpha is dropped; CMYK, palette, YCbCr and the rest are converted to RGB.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image).astype(np.float64)
+        array = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+    elif image.mode in GREY_MODES:
+        array = np.asarray(image.convert("L"))
+    else:
+        array = np.asarray(image.convert("RGB"))
+    tensor = torch.from_numpy(array.copy())
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file fully -> uint8 ``(C, H, W)``; :class:`BadImageError` naming the
+    file when it is empty, truncated, not an image, or otherwise undecodable."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: truncation shows up here, not later
+            return pil_to_uint8(ImageOps.exif_transpose(image))
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
+        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise BadImageError(str(path), reason) from e
 
 
 class TensorImageDataset:
@@ -40,7 +90,8 @@ class TensorImageDataset:
 
 
 class ImageFolderDataset:
-    """``PATH/class_name/*.jpg`` through torchvision's ``ImageFolder``; decoded on demand."""
+    """``PATH/class_name/*.jpg`` listed by torchvision's ``ImageFolder`` (by file extension);
+    decoded on demand by :func:`read_image`."""
 
     def __init__(self, root: str):
         from torchvision.datasets import ImageFolder
@@ -54,8 +105,6 @@ class ImageFolderDataset:
         return len(self.folder)
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
+        """uint8 ``(1 or 3, H, W)`` and the label; :class:`BadImageError` for a broken file."""
         path, label = self.folder.samples[index]
-        image = self.folder.loader(path)  # PIL, converted to RGB by torchvision's loader
-        return pil_to_tensor(image), label
+        return read_image(path), label

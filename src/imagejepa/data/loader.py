@@ -4,6 +4,11 @@ Step ``s`` of an epoch-``e`` permutation takes the ``s``-th slice of ``randperm(
 (last partial batch dropped), and each sample's crop is drawn from a generator seeded with
 ``(seed, e, index)``. So resuming at step ``s`` needs no replay and gives the same batches
 an uninterrupted run would, whatever the number of workers.
+
+An image file that cannot be decoded is, with ``on_error="skip"``, replaced by another
+sample chosen from ``(seed, epoch, index, attempt)``: which files are broken is a property
+of the data, so the substitutes, and a resumed run, stay deterministic. The batch reports
+the files it skipped.
 """
 
 from __future__ import annotations
@@ -11,9 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from ..preempt import ignore_stop_signals_in_worker
+from .base import BadImageError, DataError
 
 MASK64 = (1 << 64) - 1
+MAX_SUBSTITUTES = 16  # broken files in a row before a batch slot gives up
 
 
 def mix_seed(*parts: int) -> int:
@@ -41,6 +50,38 @@ class _Augmented(Dataset):
         return self.transform(image, torch.Generator().manual_seed(seed)), label
 
 
+class _TrainSamples(_Augmented):
+    """``dataset[(index, seed)] -> (image, label, skipped)``, ``skipped`` a tuple of
+    ``(path, reason)`` for the unreadable files replaced by a substitute."""
+
+    def __init__(self, raw, transform, on_error: str = "skip"):
+        super().__init__(raw, transform)
+        self.on_error = on_error
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        skipped = []
+        for attempt in range(MAX_SUBSTITUTES):
+            try:
+                image, label = self.raw.load(index)
+                break
+            except BadImageError as e:
+                if self.on_error == "raise":
+                    raise
+                skipped.append((e.path, e.reason))
+                index = mix_seed(seed, attempt, 0x5B1F) % len(self.raw)
+        else:
+            path, reason = skipped[-1]
+            raise DataError(f"{MAX_SUBSTITUTES} unreadable images in a row; the last: {path}: {reason}")
+        return self.transform(image, torch.Generator().manual_seed(seed)), label, tuple(skipped)
+
+
+def _collate(samples):
+    """``[(image, label, skipped)]`` -> ``(images (B, C, S, S), labels (B,), [skipped...])``."""
+    images, labels = default_collate([(image, label) for image, label, _ in samples])
+    return images, labels, [s for *_, skipped in samples for s in skipped]
+
+
 class _StepBatches(Sampler):
     """Yields, for step = start, start + 1, ..., the batch's ``[(index, sample_seed), ...]``."""
 
@@ -64,19 +105,22 @@ class _StepBatches(Sampler):
 
 
 class TrainLoader:
-    """Endless iterator of ``(images (B, C, S, S), labels (B,))`` starting at ``start_step``."""
+    """Endless iterator of ``(images (B, C, S, S), labels (B,), skipped)`` starting at
+    ``start_step``; ``skipped`` lists ``(path, reason)`` of the files replaced in this batch."""
 
     def __init__(self, raw, transform, batch_size: int, seed: int, num_workers: int = 0,
-                 start_step: int = 0, pin_memory: bool = False):
+                 start_step: int = 0, pin_memory: bool = False, on_error: str = "skip"):
         if len(raw) < batch_size:
             raise ValueError(f"dataset has {len(raw)} images, fewer than one batch of {batch_size}")
         self.sampler = _StepBatches(len(raw), batch_size, seed, start_step)
         self.loader = DataLoader(
-            _Augmented(raw, transform),
+            _TrainSamples(raw, transform, on_error),
             batch_sampler=self.sampler,
             num_workers=num_workers,
+            collate_fn=_collate,
             pin_memory=pin_memory,
             persistent_workers=False,
+            worker_init_fn=ignore_stop_signals_in_worker,
         )
 
     @property
@@ -84,7 +128,15 @@ class TrainLoader:
         return self.sampler.steps_per_epoch
 
     def __iter__(self):
-        return iter(self.loader)
+        batches = iter(self.loader)
+        try:
+            yield from batches
+        finally:
+            # Stop the workers now, on errors too (a traceback can keep the iterator alive,
+            # and workers ignore SIGTERM, so they must be told to exit; see preempt.py).
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 def eval_batches(raw, transform, batch_size: int = 256, num_workers: int = 0):
