@@ -166,7 +166,7 @@ class FeatureExtractor:
         self.precision = resolve_precision(precision, self.device)
         self.cache, self.batch_size, self.progress = cache, batch_size, progress
         self._build_dataset = build_dataset
-        self._datasets = {}
+        self._datasets, self._encoders = {}, {}
         self._weights_id = None
 
     def dataset(self, split: str):
@@ -178,16 +178,20 @@ class FeatureExtractor:
         return self._datasets[split]
 
     def encoder(self, source: str) -> tuple[Encoder, EvalTransform]:
-        from ..loading import load_encoder
+        """The encoder behind ``source`` (built once) and the preprocessing it expects."""
+        if source not in self._encoders:
+            from ..loading import load_encoder
 
-        encoder, pre = load_encoder(self.checkpoint, which="context" if source == "context" else "target")
-        if source == "random":
-            from ..jepa import build_encoder
-            from ..loading import model_config
+            which = "context" if source == "context" else "target"
+            encoder, pre = load_encoder(self.checkpoint, which=which)
+            if source == "random":  # the same architecture, freshly initialised
+                from ..jepa import build_encoder
+                from ..loading import model_config
 
-            torch.manual_seed(0)
-            encoder = build_encoder(model_config(self.checkpoint)).eval().requires_grad_(False)
-        return encoder, EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std)
+                torch.manual_seed(0)
+                encoder = build_encoder(model_config(self.checkpoint)).eval().requires_grad_(False)
+            self._encoders[source] = encoder, EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std)
+        return self._encoders[source]
 
     def weights_id(self) -> str:
         if self._weights_id is None:
