@@ -8,6 +8,7 @@ TINY_OVERRIDES = [
     "model.patch_size=8",
     "model.in_chans=3",
     "model.depth=1",
+    "eval.last_layers=1",
     "model.pred_depth=1",
     "model.pred_dim=48",
     "mask.min_keep=2",
