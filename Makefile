@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data demo test test-fast bench lint clean
+.PHONY: install data demo test test-fast bench bench-quality lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,8 @@ demo: install data
 	$(VENV)/bin/imagejepa pretrain --config configs/fmnist_vit_tiny.yaml --run-dir runs/demo
 	$(VENV)/bin/imagejepa eval linear --checkpoint runs/demo --data fashion-mnist --baselines \
 		--out runs/demo/linear_probe.json
+	$(VENV)/bin/imagejepa eval knn --checkpoint runs/demo --data fashion-mnist --baselines \
+		--out runs/demo/knn.json
 
 test: install data
 	$(PY) -m pytest -q
@@ -42,6 +44,11 @@ test-fast: install
 bench: install
 	$(VENV)/bin/imagejepa bench masks
 	$(VENV)/bin/imagejepa bench train
+
+# Pretrain the demo for 10 minutes, then linear, kNN and 10-shot probes with both baselines.
+bench-quality: install data
+	rm -rf runs/quality
+	$(PY) benchmarks/quality_fmnist.py --minutes 10 --run-dir runs/quality
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
