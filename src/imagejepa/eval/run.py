@@ -36,7 +36,8 @@ def evaluate(protocol: str, checkpoint, data_spec: str, encoder: str = "target",
 
     ``settings`` go to the probe (e.g. ``ks`` for kNN, ``shots``/``seeds`` for low-shot,
     ``batchnorm`` for linear). ``last_layers`` defaults to the checkpoint's recipe
-    (``eval.last_layers`` of its config).
+    (``eval.last_layers`` of its config) for pooled features, and to 1 for the attentive
+    probe's patch tokens.
     """
     if protocol not in PROTOCOLS:
         raise EvalError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
@@ -46,8 +47,8 @@ def evaluate(protocol: str, checkpoint, data_spec: str, encoder: str = "target",
     probe = getattr(module, probe_name)
     start = time.perf_counter()
     features = FeatureExtractor(checkpoint, data_spec, device=device, cache=cache, progress=progress)
-    if last_layers is None:
-        last_layers = recipe_last_layers(features.checkpoint)
+    if last_layers is None:  # the recipe's choice is for pooled features; attentive reads the last layer
+        last_layers = 1 if patch_tokens else recipe_last_layers(features.checkpoint)
     depth = features.encoder(encoder)[0].depth
     if not 1 <= last_layers <= depth:
         raise EvalError(f"--last-layers must be within [1, the encoder's depth {depth}], got {last_layers}")
