@@ -88,11 +88,14 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden_dim: int, use_sdpa: bool = True):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_hidden_dim: int, use_sdpa: bool = True,
+        norm_eps: float = LAYER_NORM_EPS,
+    ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, use_sdpa=use_sdpa)
-        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
