@@ -127,21 +127,26 @@ def encoder_from_hf(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return out, pos
 
 
-def encoder_to_hf(state: dict[str, torch.Tensor], pos: torch.Tensor) -> dict[str, torch.Tensor]:
-    """imagejepa encoder state dict + ``(1, N, D)`` positions -> HF published-layout names."""
+def encoder_to_hf(
+    state: dict[str, torch.Tensor], pos: torch.Tensor, layout: str = "published"
+) -> dict[str, torch.Tensor]:
+    """imagejepa encoder state dict + ``(1, N, D)`` positions -> HF names (``layout``:
+    ``"published"``, what files carry, or ``"current"``, transformers 5's module names)."""
     src = {k: v for k, v in state.items() if k != "pos_embed"}
+    prefix = HF_LAYER_PREFIX[layout]
     out: dict[str, torch.Tensor] = {HF_POS: pos.reshape(1, -1, pos.shape[-1])}
     for ours, hf in HF_STEM_NAMES:
         for p in ("weight", "bias"):
             out[f"{hf}.{p}"] = src.pop(f"{ours}.{p}")
     for i in range(block_count(src, r"blocks\.(\d+)\.")):
-        for ours, published, _ in HF_BLOCK_NAMES:
+        for ours, published, current in HF_BLOCK_NAMES:
+            hf = published if layout == "published" else current
             for p in ("weight", "bias"):
-                out[f"encoder.layer.{i}.{published}.{p}"] = src.pop(f"blocks.{i}.{ours}.{p}")
+                out[f"{prefix}.{i}.{hf}.{p}"] = src.pop(f"blocks.{i}.{ours}.{p}")
         for p in ("weight", "bias"):
             q, k, v = src.pop(f"blocks.{i}.attn.qkv.{p}").chunk(3, dim=0)
-            for name, t in zip(HF_QKV_NAMES["published"], (q, k, v)):
-                out[f"encoder.layer.{i}.{name}.{p}"] = t
+            for name, t in zip(HF_QKV_NAMES[layout], (q, k, v)):
+                out[f"{prefix}.{i}.{name}.{p}"] = t
     if src:
         raise KeyMapError(f"encoder state dict has names the HF map does not cover: {_listing(src)}")
     return {k: v.contiguous() for k, v in out.items()}
