@@ -44,7 +44,8 @@ def test_import_timm_state_dict_matches_forward_features(tmp_path, name):
 @pytest.mark.parametrize("name", shape_params())
 def test_export_to_timm_loads_both_ways(tmp_path, name):
     encoder = our_encoder(name)
-    save_file(encoder.state_dict() | {"pos_embed": encoder.position_embedding()}, str(tmp_path / "src.safetensors"))
+    state = encoder.state_dict() | {"pos_embed": encoder.position_embedding()}
+    save_file(state, str(tmp_path / "src.safetensors"))
     convert(tmp_path / "src.safetensors", tmp_path / "timm", to="timm", which="context")
     img = SHAPES[name][-1]
     images = torch.randn(2, 3, img, img)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,14 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 def _refusal(path: Path, error: Exception) -> UnsafeCheckpointError:
-    found = re.search(r"unsupported (GLOBAL \S+)", str(error)) or re.search(r"(GLOBAL \S+)", str(error))
-    what = f" (it asks for {found.group(1)})" if found else ""
+    text = str(error)
+    found = re.search(r"(GLOBAL \S+)", text)
+    opcode = re.search(r"Unsupported operand (\d+)", text)
+    what = ""
+    if found:
+        what = f" (it asks for {found.group(1)})"
+    elif opcode:
+        what = f" (it uses pickle opcode {opcode.group(1)}, which a tensor-only file never needs)"
     return UnsafeCheckpointError(
         f"refusing to load {path}: it holds pickled objects other than tensors and plain "
         f"containers{what}; unpickling them could run arbitrary code, so nothing from it was "
@@ -69,7 +76,9 @@ def load_torch_file(path: str | Path) -> Any:
             "zip archive or a legacy pickle)"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # a refusal below says all there is to say; keep it one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "weights only load failed" in str(e).lower():
             raise _refusal(path, e) from None
