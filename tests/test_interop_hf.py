@@ -9,15 +9,13 @@ import json
 
 import pytest
 import torch
+from transformers import IJepaConfig, IJepaModel  # test extra: pip install -e '.[test]'
 
-transformers = pytest.importorskip("transformers", reason="test extra: pip install -e '.[test]'")
-from transformers import IJepaConfig, IJepaModel  # noqa: E402
+from imagejepa import load_encoder
+from imagejepa.convert import convert, read_model
+from imagejepa.models import Encoder
 
-from imagejepa import load_encoder  # noqa: E402
-from imagejepa.convert import convert, read_model  # noqa: E402
-from imagejepa.models import Encoder  # noqa: E402
-
-from .helpers import official_save_dict, tiny_ijepa  # noqa: E402
+from .helpers import official_save_dict, tiny_ijepa
 
 TOL = 1e-4  # max abs difference allowed in fp32
 

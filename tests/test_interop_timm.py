@@ -6,17 +6,16 @@ Models are built from configs with random weights; nothing is downloaded.
 from __future__ import annotations
 
 import pytest
+import timm  # test extra: pip install -e '.[test]'
 import torch
 from safetensors.torch import save_file
 
-timm = pytest.importorskip("timm", reason="test extra: pip install -e '.[test]'")
+from imagejepa import load_encoder
+from imagejepa.convert import convert, detect_format, read_model
+from imagejepa.export import ExportError
 
-from imagejepa import load_encoder  # noqa: E402
-from imagejepa.convert import convert, detect_format, read_model  # noqa: E402
-from imagejepa.export import ExportError  # noqa: E402
-
-from .helpers import official_save_dict, tiny_ijepa  # noqa: E402
-from .test_interop_hf import SHAPES, TOL, max_diff, our_encoder, shape_params  # noqa: E402
+from .helpers import official_save_dict, tiny_ijepa
+from .test_interop_hf import SHAPES, TOL, max_diff, our_encoder, shape_params
 
 
 def timm_model(name: str, seed: int = 0):

@@ -29,7 +29,7 @@ def hf_twin(encoder: Encoder, attn_implementation: str = "sdpa"):
         from transformers import IJepaConfig, IJepaModel
     except ImportError as e:
         raise RuntimeError("bench embed compares against Hugging Face transformers: "
-                           "pip install 'transformers>=4.46' (or the package's [test] extra)") from e
+                           "pip install 'transformers>=4.47' (or the package's [test] extra)") from e
     h, w = encoder.img_size
     config = IJepaConfig(
         hidden_size=encoder.embed_dim, num_hidden_layers=encoder.depth, num_attention_heads=encoder.num_heads,
