@@ -22,13 +22,17 @@ from .models import Encoder
 from .runtime import autocast, resolve_device, resolve_precision
 
 
+class MissingReference(RuntimeError):
+    """transformers, the library compared against, is not installed."""
+
+
 def hf_twin(encoder: Encoder, attn_implementation: str = "sdpa"):
     """A ``transformers.IJepaModel`` with ``encoder``'s exact weights (built on 'meta', then
     the tensors assigned: no second random initialisation of a large model)."""
     try:
         from transformers import IJepaConfig, IJepaModel
     except ImportError as e:
-        raise RuntimeError("bench embed compares against Hugging Face transformers: "
+        raise MissingReference("bench embed compares against Hugging Face transformers: "
                            "pip install 'transformers>=4.47' (or the package's [test] extra)") from e
     h, w = encoder.img_size
     config = IJepaConfig(

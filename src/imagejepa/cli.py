@@ -140,7 +140,7 @@ def cmd_bench(args) -> None:
     if args.what == "train":
         _print_json(bench.bench_train(args.steps, args.warmup, args.device, args.precision))
     elif args.what == "embed":
-        from .bench_embed import bench_embed
+        from .bench_embed import MissingReference, bench_embed
 
         arch, patch = _parse_model(args.model)
         for key in ("batch_size", "steps", "img_size"):
@@ -150,8 +150,11 @@ def cmd_bench(args) -> None:
             raise UsageError(f"--depth must be >= 1, got {args.depth}")
         if args.img_size % patch:
             raise UsageError(f"--img-size {args.img_size} is not divisible by the patch size {patch}")
-        _print_json(bench_embed(arch, patch, args.img_size, args.batch_size, args.steps, args.warmup,
-                                args.precision, args.device, args.depth))
+        try:
+            _print_json(bench_embed(arch, patch, args.img_size, args.batch_size, args.steps, args.warmup,
+                                    args.precision, args.device, args.depth))
+        except MissingReference as e:
+            raise UsageError(str(e)) from None
     else:
         _print_json(bench.bench_masks(args.batch_size, args.grid))
 

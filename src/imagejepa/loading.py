@@ -12,6 +12,8 @@ from pathlib import Path
 
 from .bundle import Preprocess
 from .models import Encoder
+
+__all__ = ["Preprocess", "load_encoder", "load_pretrained"]
 from .registry import RELEASES, get_release, locate
 
 WHICH = ("target", "context")
