@@ -42,6 +42,7 @@ test-fast: install
 bench: install
 	$(VENV)/bin/imagejepa bench masks
 	$(VENV)/bin/imagejepa bench train
+	$(VENV)/bin/imagejepa bench embed
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
