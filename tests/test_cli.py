@@ -146,3 +146,17 @@ def test_bench_embed_reports_both_libraries(capsys):
     assert "IJepaModel (sdpa)" in report["reference"]
     assert main(["bench", "embed", "--img-size", "30", "--model", "vit_tiny_patch16"]) == 2
     assert "not divisible" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_linear_reads_an_official_checkpoint(tmp_path, capsys):
+    """eval takes any format load_encoder takes, baselines included (no imagejepa config needed)."""
+    import torch
+
+    from .helpers import official_save_dict, tiny_ijepa
+
+    src = tmp_path / "ckpt.pth.tar"
+    torch.save(official_save_dict(tiny_ijepa()), src)
+    assert main(["eval", "linear", "--checkpoint", str(src), "--data", "synthetic", "--baselines"]) == 0
+    report = last_json(capsys.readouterr().out)
+    assert set(report["results"]) == {"target_encoder", "raw_pixels", "random_init"}

@@ -126,3 +126,18 @@ def test_official_import_runs_at_448_with_recomputed_sincos(tmp_path):
     assert encoder.embed(torch.randn(2, 3, 64, 64)).shape == (2, 192)
     encoder.set_img_size((32, 64))
     assert encoder.forward_features(torch.randn(1, 3, 32, 64)).shape == (1, 32, 192)
+
+
+def test_import_reads_transformers_5_module_names_too(tmp_path):
+    """Files written from transformers 5's in-memory names (layers.N.attention.q_proj ...)."""
+    from safetensors.torch import save_file
+
+    hf = hf_model("tiny", seed=3)
+    assert any(k.startswith("layers.0.attention.q_proj") for k in hf.state_dict())
+    (tmp_path / "hf").mkdir()
+    save_file(hf.state_dict(), str(tmp_path / "hf" / "model.safetensors"))
+    hf.config.to_json_file(tmp_path / "hf" / "config.json")
+    encoder, _ = load_encoder(tmp_path / "hf", which="context")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert max_diff(encoder(images), hf(pixel_values=images).last_hidden_state) <= TOL

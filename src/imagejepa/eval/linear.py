@@ -70,8 +70,8 @@ def evaluate_linear(checkpoint, data_spec: str, which: str = "target", baselines
     at random initialisation, in the same run.
     """
     from ..data import EvalTransform, build_dataset, eval_batches
-    from ..jepa import build_encoder
     from ..loading import load_encoder
+    from ..models import Encoder
     from ..runtime import resolve_device, resolve_precision
     from .features import extract_features
 
@@ -94,14 +94,8 @@ def evaluate_linear(checkpoint, data_spec: str, which: str = "target", baselines
 
         results["raw_pixels"] = linear_probe(*pixels(train), *pixels(test))
         torch.manual_seed(0)
-        results["random_init"] = probe(build_encoder(_model_cfg(checkpoint)))
+        results["random_init"] = probe(Encoder.from_spec(encoder.spec()))  # any source format
     return {"protocol": "linear", "checkpoint": str(checkpoint), "data": data_spec,
             "encoder": which, "last_layers": last_layers, "train_images": len(train),
             "test_images": len(test), "results": results}
 
-
-def _model_cfg(checkpoint):
-    from .. import checkpoint as ckpt
-    from ..config import from_dict
-
-    return from_dict(ckpt.load_meta(ckpt.resolve_checkpoint(checkpoint))["config"]).model
