@@ -30,6 +30,17 @@ def test_fast_path_is_taken_only_for_bf16_autocast_inference(encoder):
         assert not cpu_bf16.active(x)  # fp32
 
 
+def test_train_mode_keeps_the_ordinary_path(encoder, monkeypatch):
+    """A target encoder inside a training step (train mode, no grad) is not touched."""
+    calls = []
+    monkeypatch.setattr(cpu_bf16, "block_forward", lambda block, x: calls.append(1) or x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        encoder.train()(torch.randn(1, 3, 64, 64))
+        assert not calls
+        encoder.eval()(torch.randn(1, 3, 64, 64))
+    assert len(calls) == 2  # both blocks took the fast path
+
+
 def test_fast_path_matches_eager_autocast(encoder, monkeypatch):
     images = torch.randn(3, 3, 64, 64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -1,7 +1,7 @@
 """Inference fast path for transformer blocks under bf16 autocast on CPU.
 
-Under ``torch.autocast("cpu", torch.bfloat16)`` with gradients off, a block computes the
-same thing as autocast would (bf16 matmuls accumulating in fp32, LayerNorm and the residual
+In eval mode under ``torch.autocast("cpu", torch.bfloat16)`` with gradients off, a block
+computes what autocast would (bf16 matmuls accumulating in fp32, LayerNorm and the residual
 stream in fp32) while skipping work eager autocast repeats on every call:
 
 - weights are cast to bf16 and packed for oneDNN once, then cached (autocast casts every
@@ -13,7 +13,8 @@ stream in fp32) while skipping work eager autocast repeats on every call:
   see ``benchmarks/attention.py``).
 
 Measured on ViT-H/14 (``imagejepa bench embed``): these remove most of the non-matmul time.
-Training, fp32, other devices, and builds without oneDNN take the ordinary path.
+Training (train mode, including the target encoder inside a training step), fp32, other
+devices, and builds without oneDNN take the ordinary path.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_bf16.active(x):  # inference under bf16 autocast on CPU: same maths, less overhead
+        if not self.training and cpu_bf16.active(x):  # eval-mode inference under bf16 autocast on CPU
             return cpu_bf16.block_forward(self, x)
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
