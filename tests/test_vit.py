@@ -209,3 +209,15 @@ def test_learned_positions_are_a_parameter_resampled_for_other_sizes(images):
     assert enc(torch.randn(1, 3, 32, 64)).shape == (1, 32, 192)
     with pytest.raises(ValueError, match="pos_embed must be one of"):
         tiny_encoder(pos_embed="rope")
+
+
+def test_vit_huge_224_weights_run_at_448():
+    """A ViT-H/14 checkpoint trained at 224 runs at 448: same weights, positions recomputed for 32x32."""
+    torch.manual_seed(0)
+    at224 = Encoder("vit_huge", 14, 224, depth=1)
+    at448 = Encoder.from_spec({**at224.spec(), "img_size": [448, 448]})
+    at448.load_state_dict(at224.state_dict())  # the checkpoint carries no position table
+    torch.testing.assert_close(at448.pos_embed[0], sincos_2d(1280, 32, 32))
+    with torch.no_grad():
+        out = at448.forward_features(torch.randn(1, 3, 448, 448))
+    assert out.shape == (1, 1024, 1280) and torch.isfinite(out).all()
