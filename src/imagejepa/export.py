@@ -175,10 +175,11 @@ def write_timm(bundle: ModelBundle, dst: Path, which: str = "target") -> None:
 
 # -- official -----------------------------------------------------------------------------------
 def write_official(bundle: ModelBundle, dst: Path, which: str = "target") -> None:
-    missing = [r for r in ("encoder", "target_encoder", "predictor") if r not in bundle.states]
+    names = {"encoder": "context encoder", "target_encoder": "target encoder", "predictor": "predictor"}
+    missing = [name for role, name in names.items() if role not in bundle.states]
     if missing:
         raise ExportError(f"the official layout needs both encoders and the predictor; the source lacks "
-                          f"{', '.join(missing)}")
+                          f"the {' and the '.join(missing)}")
     if dst.exists():
         raise ExportError(f"{dst} already exists; choose a new output path")
     grid = bundle.grid()
