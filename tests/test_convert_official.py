@@ -150,3 +150,12 @@ def test_registry_name_loads_a_local_file(tmp_path, model, monkeypatch):
     monkeypatch.setitem(RELEASES, wrong.name, wrong)
     with pytest.raises(ValueError, match="vit_small/8@32, but the file holds vit_tiny/8@32"):
         load_pretrained(wrong.name, path=tmp_path)
+
+
+def test_official_export_needs_both_encoders_and_the_predictor(tmp_path, official_file):
+    from imagejepa.export import ExportError
+
+    convert(official_file, tmp_path / "hf", to="hf")  # holds the target encoder only
+    with pytest.raises(ExportError, match="lacks the context encoder and the predictor"):
+        convert(tmp_path / "hf", tmp_path / "back.pth.tar", to="official")
+    assert not (tmp_path / "back.pth.tar").exists()
