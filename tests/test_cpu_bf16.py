@@ -64,3 +64,15 @@ def test_weight_cache_follows_weight_changes(encoder):
         reference = encoder(images)
     assert (after - before).abs().max() > 0.1
     assert (after - reference).abs().max() < 0.05
+
+
+def test_fast_path_leaves_its_input_alone(encoder):
+    """Blocks return new tensors: out_layers keeps every block's output intact."""
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        x = encoder.embed_patches(images)
+        kept = x.clone()
+        y = encoder.blocks[0](x)
+        assert torch.equal(x, kept) and y.data_ptr() != x.data_ptr()
+        both = encoder(images, out_layers=2)
+        torch.testing.assert_close(both[0], encoder.norm(encoder.blocks[0](x)), rtol=0, atol=0)

@@ -89,4 +89,5 @@ def block_forward(block, x: torch.Tensor) -> torch.Tensor:
         a = plain_attention(q, k, v).transpose(1, 2).reshape(B, N, D)
         x = x + linear(attn.proj, a)
         h = F.layer_norm(x, (D,), block.norm2.weight, block.norm2.bias, block.norm2.eps)
-        return x + linear(block.mlp.fc2, linear(block.mlp.fc1, h, gelu=True))
+        # x is our own tensor by now (the caller's input was not modified): add in place.
+        return x.add_(linear(block.mlp.fc2, linear(block.mlp.fc1, h, gelu=True)))
