@@ -44,6 +44,7 @@ test-fast: install
 bench: install
 	$(VENV)/bin/imagejepa bench masks
 	$(VENV)/bin/imagejepa bench train
+	$(VENV)/bin/imagejepa bench embed
 
 # Pretrain the demo for 10 minutes, then linear, kNN and 10-shot probes with both baselines.
 bench-quality: install data

@@ -1,3 +1,5 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -5,6 +7,9 @@ import pytest
 from imagejepa.cli import main
 
 from .helpers import TINY_OVERRIDES
+
+# Feature caches of the tests never land in the user's ~/.cache.
+os.environ["IMAGEJEPA_CACHE"] = tempfile.mkdtemp(prefix="imagejepa-test-cache-")
 
 DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "fmnist_vit_tiny.yaml"
 

@@ -19,3 +19,53 @@ TINY_OVERRIDES = [
     "train.checkpoint_every_minutes=null",
     "train.log_every=1",
 ]
+
+
+def tiny_ijepa(seed: int = 0):
+    """A tiny I-JEPA model (vit_tiny width, 4x4 grid) whose target encoder differs from its
+    encoder, as after some training."""
+    import torch
+
+    from imagejepa.config import load_config
+    from imagejepa.jepa import build_ijepa
+
+    torch.manual_seed(seed)
+    model = build_ijepa(load_config(None, TINY_OVERRIDES + ["model.depth=2", "model.pred_depth=2"]))
+    with torch.no_grad():
+        for p in model.target_encoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model.eval()
+
+
+def official_save_dict(model, epoch: int = 7) -> dict:
+    """What the official I-JEPA training loop saves: three DDP-wrapped state dicts (``module.``
+    prefixes, stored sin-cos positions), optimiser and scaler state, epoch and a few numbers."""
+    import torch
+
+    from imagejepa.models.pos_embed import sincos_2d
+
+    grid = model.encoder.grid
+
+    def wrapped(state, pos_name, width):
+        out = {f"module.{pos_name}": sincos_2d(width, *grid)[None]}
+        out.update({f"module.{k}": v.clone() for k, v in state.items()})
+        return out
+
+    params = list(model.encoder.parameters()) + list(model.predictor.parameters())
+    opt = torch.optim.AdamW(params, lr=0.0)  # real optimiser state; lr 0 leaves the weights as they are
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    return {
+        "encoder": wrapped(model.encoder.state_dict(), "pos_embed", model.encoder.embed_dim),
+        "predictor": wrapped(model.predictor.state_dict(), "predictor_pos_embed", model.predictor.pred_dim),
+        "target_encoder": wrapped(model.target_encoder.state_dict(), "pos_embed", model.encoder.embed_dim),
+        "opt": opt.state_dict(),
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                   "growth_interval": 2000, "_growth_tracker": 0},
+        "epoch": epoch,
+        "loss": 0.123,
+        "batch_size": 128,
+        "world_size": 16,
+        "lr": 0.001,
+    }

@@ -90,3 +90,59 @@ def test_bench_train_reports_roofline(capsys):
     # ViT-T/16 at 224 with 4 targets: about 10 GFLOP per image for forward + backward.
     assert 8e9 < report["flops_per_img"] < 13e9
     assert report["roofline_fraction"] < 1.5
+
+
+def test_info_knows_released_checkpoints(capsys):
+    assert main(["info", "vit_huge_patch16_448.in1k"]) == 0
+    info = last_json(capsys.readouterr().out)
+    assert info["model"] == "vit_huge/16@448" and info["patches"] == 784
+    assert info["file_name"] == "IN1K-vit.h.16-448px-300e.pth.tar" and info["epochs"] == 300
+    assert info["mean"] == [0.485, 0.456, 0.406] and info["url"].endswith(info["file_name"])
+    assert main(["info", "vit_huge_patch14.in9k"]) == 2
+    assert "known: vit_huge_patch14.in1k" in capsys.readouterr().err
+
+
+def test_convert_official_to_hf_prints_a_summary(tmp_path, capsys):
+    import torch
+
+    from .helpers import official_save_dict, tiny_ijepa
+
+    src = tmp_path / "ckpt.pth.tar"
+    torch.save(official_save_dict(tiny_ijepa()), src)
+    assert main(["convert", "--to", "hf", str(src), str(tmp_path / "hf")]) == 0
+    summary = last_json(capsys.readouterr().out)
+    assert summary["from"] == "official" and summary["encoder"] == "target"
+    assert summary["model"] == "vit_tiny/8@32" and (tmp_path / "hf" / "config.json").is_file()
+    # The output must not exist yet; the error is one line, exit code 2.
+    assert main(["convert", "--to", "hf", str(src), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists" in err and len(err.splitlines()) == 1
+
+
+def test_bench_embed_reports_both_libraries(capsys):
+    args = ["bench", "embed", "--model", "vit_tiny_patch16", "--img-size", "32", "--depth", "1",
+            "--batch-size", "2", "--steps", "1", "--warmup", "0", "--precision", "fp32"]
+    assert main(args) == 0
+    report = last_json(capsys.readouterr().out)
+    assert report["bench"] == "embed" and report["precision"] == "fp32"
+    assert report["img_per_s"] > 0 and report["reference_img_per_s"] > 0
+    assert report["speedup"] == pytest.approx(report["img_per_s"] / report["reference_img_per_s"], rel=0.01)
+    assert 0 < report["roofline_fraction"] and report["flops_per_img"] > 0
+    assert report["max_abs_diff"] <= 1e-4  # the same weights and inputs: the same patch tokens
+    assert "IJepaModel (sdpa)" in report["reference"]
+    assert main(["bench", "embed", "--img-size", "30", "--model", "vit_tiny_patch16"]) == 2
+    assert "not divisible" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_linear_reads_an_official_checkpoint(tmp_path, capsys):
+    """eval takes any format load_encoder takes, baselines included (no imagejepa config needed)."""
+    import torch
+
+    from .helpers import official_save_dict, tiny_ijepa
+
+    src = tmp_path / "ckpt.pth.tar"
+    torch.save(official_save_dict(tiny_ijepa()), src)
+    assert main(["eval", "linear", "--checkpoint", str(src), "--data", "synthetic", "--baselines"]) == 0
+    report = last_json(capsys.readouterr().out)
+    assert set(report["results"]) == {"target", "pixels", "random"}

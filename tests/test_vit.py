@@ -180,3 +180,44 @@ def test_gather_tokens():
     assert out.shape == (2, 1, 2, 3)
     assert torch.equal(out[0, 0, 0], x[0, 4]) and torch.equal(out[0, 0, 1], x[0, 0])
     assert torch.equal(out[1, 0, 0], x[1, 1]) and torch.equal(out[1, 0, 1], x[1, 1])
+
+
+def test_spec_rebuilds_the_same_encoder(images):
+    torch.manual_seed(0)
+    enc = tiny_encoder(norm_eps=1e-5)
+    twin = Encoder.from_spec(enc.spec())
+    assert twin.spec() == enc.spec() and twin.norm.eps == 1e-5 == twin.blocks[0].norm1.eps
+    twin.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(twin(images), enc(images), rtol=0, atol=0)
+
+
+def test_learned_positions_are_a_parameter_resampled_for_other_sizes(images):
+    torch.manual_seed(0)
+    enc = tiny_encoder(pos_embed="learned")
+    assert enc.state_dict()["pos_embed"].shape == (1, 16, 192) and enc.pos_embed.requires_grad
+    assert enc.spec()["pos_grid"] == [4, 4]
+    torch.testing.assert_close(enc.position_embedding(), enc.pos_embed)
+    enc.set_img_size((32, 64))
+    assert enc.pos_grid == (4, 4) and enc.position_embedding().shape == (1, 32, 192)
+    # Rows keep their values along the unchanged axis: a table constant along each row is
+    # resampled to one constant along each (longer) row. (Parity with Hugging Face's own
+    # interpolation is in test_interop_hf.)
+    with torch.no_grad():
+        enc.pos_embed.copy_(torch.arange(4.0).repeat_interleave(4)[None, :, None].expand(1, 16, 192))
+    rows = enc.position_embedding()[0, :, 0].reshape(4, 8)
+    torch.testing.assert_close(rows, torch.arange(4.0)[:, None].expand(4, 8))
+    assert enc(torch.randn(1, 3, 32, 64)).shape == (1, 32, 192)
+    with pytest.raises(ValueError, match="pos_embed must be one of"):
+        tiny_encoder(pos_embed="rope")
+
+
+def test_vit_huge_224_weights_run_at_448():
+    """A ViT-H/14 checkpoint trained at 224 runs at 448: same weights, positions recomputed for 32x32."""
+    torch.manual_seed(0)
+    at224 = Encoder("vit_huge", 14, 224, depth=1)
+    at448 = Encoder.from_spec({**at224.spec(), "img_size": [448, 448]})
+    at448.load_state_dict(at224.state_dict())  # the checkpoint carries no position table
+    torch.testing.assert_close(at448.pos_embed[0], sincos_2d(1280, 32, 32))
+    with torch.no_grad():
+        out = at448.forward_features(torch.randn(1, 3, 448, 448))
+    assert out.shape == (1, 1024, 1280) and torch.isfinite(out).all()

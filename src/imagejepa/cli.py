@@ -90,9 +90,26 @@ def _parser() -> argparse.ArgumentParser:
     bm = b_sub.add_parser("masks", help="mask sampler throughput vs a per-sample loop")
     bm.add_argument("--batch-size", type=int, default=2048)
     bm.add_argument("--grid", type=int, default=16)
+    be = b_sub.add_parser("embed", help="encoder inference images/s vs transformers.IJepaModel")
+    be.add_argument("--model", default="vit_huge_patch14", help="e.g. vit_huge_patch14 (random weights)")
+    be.add_argument("--img-size", type=int, default=224)
+    be.add_argument("--depth", type=int, help="fewer blocks than the architecture (quick runs)")
+    be.add_argument("--batch-size", type=int, default=8)
+    be.add_argument("--steps", type=int, default=3, help="timed forwards of each model, alternating")
+    be.add_argument("--warmup", type=int, default=1)
+    be.add_argument("--device", default="auto")
+    be.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
 
-    info = sub.add_parser("info", help="parameters and FLOPs of an encoder")
-    info.add_argument("model", help="e.g. vit_huge_patch14 or vit_tiny")
+    conv = sub.add_parser("convert", help="convert between official I-JEPA, imagejepa, HF and timm")
+    conv.add_argument("src", help="official .pth.tar, imagejepa checkpoint or run folder, HF or timm folder")
+    conv.add_argument("dst", help="output folder (imagejepa, hf, timm) or file (official); must not exist")
+    conv.add_argument("--to", choices=("imagejepa", "hf", "timm", "official"), default="imagejepa")
+    conv.add_argument("--encoder", choices=("target", "context"), default="target",
+                      help="which encoder to export to hf/timm (they hold one); default: target")
+    conv.add_argument("--heads", type=int, help="attention heads, for widths not in the architecture table")
+
+    info = sub.add_parser("info", help="parameters and FLOPs of an encoder or a released checkpoint")
+    info.add_argument("model", help="e.g. vit_huge_patch14, vit_tiny, or vit_huge_patch14.in1k")
     info.add_argument("--patch-size", type=int)
     info.add_argument("--img-size", type=int, default=224)
     info.add_argument("--in-chans", type=int, default=3)
@@ -228,24 +245,68 @@ def cmd_bench(args) -> None:
 
     if args.what == "train":
         _print_json(bench.bench_train(args.steps, args.warmup, args.device, args.precision))
+    elif args.what == "embed":
+        from .bench_embed import MissingReference, bench_embed
+
+        arch, patch = _parse_model(args.model)
+        for key in ("batch_size", "steps", "img_size"):
+            if getattr(args, key) < 1:
+                raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+        if args.depth is not None and args.depth < 1:
+            raise UsageError(f"--depth must be >= 1, got {args.depth}")
+        if args.img_size % patch:
+            raise UsageError(f"--img-size {args.img_size} is not divisible by the patch size {patch}")
+        try:
+            _print_json(bench_embed(arch, patch, args.img_size, args.batch_size, args.steps, args.warmup,
+                                    args.precision, args.device, args.depth))
+        except MissingReference as e:
+            raise UsageError(str(e)) from None
     else:
         _print_json(bench.bench_masks(args.batch_size, args.grid))
 
 
-def cmd_info(args) -> None:
-    from .bench import model_info
+def _parse_model(name: str) -> tuple[str, int]:
+    """``vit_huge_patch14`` -> ``("vit_huge", 14)``; the patch defaults to 16."""
     from .models import ARCHS
 
-    m = re.fullmatch(r"(vit_[a-z]+)(?:_patch(\d+))?", args.model)
+    m = re.fullmatch(r"(vit_[a-z]+)(?:_patch(\d+))?", name)
     if not m or m.group(1) not in ARCHS:
-        raise UsageError(f"unknown model {args.model!r}; use one of {', '.join(ARCHS)} "
+        raise UsageError(f"unknown model {name!r}; use one of {', '.join(ARCHS)} "
                          "optionally with _patchN, e.g. vit_huge_patch14")
-    patch = args.patch_size or int(m.group(2) or 16)
-    _print_json(model_info(m.group(1), patch, args.img_size, args.in_chans))
+    return m.group(1), int(m.group(2) or 16)
+
+
+def cmd_info(args) -> None:
+    from .bench import model_info
+    from .registry import RELEASES
+
+    if args.model in RELEASES:
+        release = RELEASES[args.model]
+        info = model_info(release.arch, release.patch_size, release.img_size, 3)
+        _print_json({**release.to_dict(), **info, "name": release.name})
+        return
+    if "." in args.model:
+        raise UsageError(f"unknown released checkpoint {args.model!r}; known: {', '.join(RELEASES)}")
+    arch, patch = _parse_model(args.model)
+    _print_json(model_info(arch, args.patch_size or patch, args.img_size, args.in_chans))
+
+
+def cmd_convert(args) -> None:
+    from .convert import ConvertError, convert
+    from .export import ExportError
+    from .safe_load import CheckpointError
+
+    if args.heads is not None and args.heads < 1:
+        raise UsageError(f"--heads must be >= 1, got {args.heads}")
+    try:
+        summary = convert(args.src, args.dst, to=args.to, which=args.encoder, num_heads=args.heads)
+    except (ConvertError, ExportError, CheckpointError, KeyError) as e:
+        raise UsageError(str(e).strip("'\"")) from None
+    _print_json(summary)
 
 
 COMMANDS = {"pretrain": cmd_pretrain, "eval": cmd_eval, "embed": cmd_embed, "bench": cmd_bench,
-            "info": cmd_info}
+            "info": cmd_info, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

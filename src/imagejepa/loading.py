@@ -1,47 +1,58 @@
-"""Load a trained encoder with the preprocessing it was trained with."""
+"""Load an encoder, with the preprocessing it was trained with, from any supported source.
+
+``load_encoder(path_or_name, which="target")`` accepts an imagejepa run or checkpoint
+folder, an official I-JEPA ``.pth.tar``, a Hugging Face ``IJepaModel`` folder, a timm
+folder or state dict, or the name of a released checkpoint (``vit_huge_patch14.in1k``,
+see :mod:`imagejepa.registry`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoint as ckpt
-from .config import from_dict
-from .jepa import build_encoder
+from .bundle import Preprocess
 from .models import Encoder
+
+__all__ = ["Preprocess", "load_encoder", "load_pretrained"]
+from .registry import RELEASES, get_release, locate
 
 WHICH = ("target", "context")
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """What the encoder expects: ``(in_chans, size, size)`` images normalised by mean/std."""
-
-    size: int
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-def model_config(path: str | Path):
-    """The ``ModelConfig`` a checkpoint (run folder or checkpoint folder) was trained with."""
-    return from_dict(ckpt.load_meta(ckpt.resolve_checkpoint(path))["config"]).model
-
-
-def load_encoder(path: str | Path, which: str = "target") -> tuple[Encoder, Preprocess]:
-    """Encoder weights from an imagejepa checkpoint (run folder or checkpoint folder).
+def load_encoder(
+    path_or_name: str | Path, which: str = "target", *, path: str | Path | None = None
+) -> tuple[Encoder, Preprocess]:
+    """``(encoder in eval mode, preprocessing)`` from a path or a registry name.
 
     ``which="target"`` (default) is the EMA target encoder, the one the paper evaluates;
-    ``which="context"`` is the encoder trained by gradient descent.
+    ``which="context"`` is the encoder trained by gradient descent. For a registry name,
+    ``path`` is the downloaded file (or its folder); nothing is downloaded.
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    folder = ckpt.resolve_checkpoint(path)
-    meta = ckpt.load_meta(folder)
-    cfg = from_dict(meta["config"])
-    encoder = build_encoder(cfg.model)
-    prefix = "target_encoder" if which == "target" else "encoder"
-    encoder.load_state_dict(ckpt.load_tensors(folder, prefix))
-    encoder.eval().requires_grad_(False)
-    pre = Preprocess(cfg.model.img_size, cfg.model.in_chans, tuple(meta["mean"]), tuple(meta["std"]))
-    return encoder, pre
+    if str(path_or_name) in RELEASES:
+        return load_pretrained(str(path_or_name), path=path, which=which)
+    from .convert import read_model
+
+    bundle = read_model(path_or_name)
+    return bundle.build_encoder(which), bundle.preprocess()
+
+
+def load_pretrained(
+    name: str, path: str | Path | None = None, which: str = "target"
+) -> tuple[Encoder, Preprocess]:
+    """A released checkpoint by name (e.g. ``vit_huge_patch14.in1k``) from a local file.
+
+    The file is found at ``path`` (a file or a folder holding the official file name) or in
+    the search folders of :func:`imagejepa.registry.search_dirs`; a missing file raises
+    ``FileNotFoundError`` naming the download URL. The architecture read from the file must
+    be the one the name stands for.
+    """
+    from .convert import read_official
+
+    release = get_release(name)
+    bundle = read_official(locate(release, path))
+    expected = f"{release.arch}/{release.patch_size}@{release.img_size}"
+    if bundle.describe() != expected:
+        raise ValueError(f"{name} is {expected}, but the file holds {bundle.describe()}")
+    return bundle.build_encoder(which), bundle.preprocess()

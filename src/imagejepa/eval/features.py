@@ -147,27 +147,58 @@ class FeatureRequest:
             raise ValueError(f"last_layers must be >= 1, got {self.last_layers}")
 
 
+def identify_source(source) -> tuple[str, str, int]:
+    """``(where, weights fingerprint, recipe's last_layers)`` of anything ``load_encoder``
+    reads: an imagejepa run or checkpoint folder, an official ``.pth.tar``, a Hugging Face
+    or timm folder or file, or a registry name (resolved to its local file)."""
+    from .. import checkpoint as ckpt
+    from ..config import from_dict
+    from ..registry import RELEASES, get_release, locate
+
+    if str(source) in RELEASES:
+        path = locate(get_release(str(source)))
+        return str(path), file_fingerprint(path), 1
+    path = Path(source)
+    try:
+        folder = ckpt.resolve_checkpoint(path)
+    except FileNotFoundError:
+        folder = None
+    if folder is not None:  # ours: the manifest already holds the weights' sha256
+        manifest = json.loads((folder / ckpt.MANIFEST).read_text())
+        last_layers = from_dict(ckpt.load_meta(folder)["config"]).eval.last_layers
+        return str(folder), manifest["files"][ckpt.MODEL_FILE]["sha256"], last_layers
+    if path.is_file():
+        return str(path), file_fingerprint(path), 1
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for f in sorted(p for p in path.iterdir() if p.is_file()):
+            digest.update(f.name.encode() + file_fingerprint(f).encode())
+        return str(path), digest.hexdigest(), 1
+    raise FileNotFoundError(f"no checkpoint at {source}: not a run or checkpoint folder, a weights "
+                            "file, a Hugging Face or timm folder, or a released checkpoint name")
+
+
 class FeatureExtractor:
-    """Features of one checkpoint on one dataset split, from any source, through a cache.
+    """Features of one model on one dataset split, from any source, through a cache.
 
     ``extractor(request, split) -> (features, labels)`` with ``split`` ``"train"`` or ``"test"``.
+    ``checkpoint`` is anything :func:`imagejepa.load_encoder` reads.
     """
 
     def __init__(self, checkpoint, data_spec: str, device=None, precision: str = "auto",
                  cache: FeatureCache | None = None, batch_size: int | None = None,
                  progress: bool = True):
-        from .. import checkpoint as ckpt
         from ..data import build_dataset
         from ..runtime import resolve_device, resolve_precision
 
-        self.checkpoint = ckpt.resolve_checkpoint(checkpoint)
+        self.source = checkpoint
+        self.checkpoint, self.weights_id, self.recipe_last_layers = identify_source(checkpoint)
         self.data_spec = data_spec
         self.device = device or resolve_device("auto")
         self.precision = resolve_precision(precision, self.device)
         self.cache, self.batch_size, self.progress = cache, batch_size, progress
         self._build_dataset = build_dataset
         self._datasets, self._encoders = {}, {}
-        self._weights_id = None
 
     def dataset(self, split: str):
         """The raw dataset of ``split`` ("train" or "test"), built on first use."""
@@ -183,29 +214,19 @@ class FeatureExtractor:
             from ..loading import load_encoder
 
             which = "context" if source == "context" else "target"
-            encoder, pre = load_encoder(self.checkpoint, which=which)
+            encoder, pre = load_encoder(self.source, which=which)
             if source == "random":  # the same architecture, freshly initialised
-                from ..jepa import build_encoder
-                from ..loading import model_config
-
                 torch.manual_seed(0)
-                encoder = build_encoder(model_config(self.checkpoint)).eval().requires_grad_(False)
+                encoder = Encoder.from_spec(encoder.spec()).eval().requires_grad_(False)
             self._encoders[source] = encoder, EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std)
         return self._encoders[source]
-
-    def weights_id(self) -> str:
-        if self._weights_id is None:
-            from ..checkpoint import MODEL_FILE
-
-            self._weights_id = file_fingerprint(self.checkpoint / MODEL_FILE)
-        return self._weights_id
 
     def __call__(self, request: FeatureRequest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         dataset = self.dataset(split)
         encoder, transform = self.encoder(request.source)
         if request.source == "pixels":  # cheap: never cached
             return pixel_features(dataset, transform, encoder.patch_size if request.patch_tokens else None)
-        about = {"weights": self.weights_id(), "data": self.data_spec, "split": split,
+        about = {"weights": self.weights_id, "data": self.data_spec, "split": split,
                  "images": len(dataset), "precision": self.precision, **asdict(request)}
         key = FeatureCache.key(about)
         if self.cache is not None and (hit := self.cache.load(key)) is not None:

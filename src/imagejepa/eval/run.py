@@ -48,7 +48,7 @@ def evaluate(protocol: str, checkpoint, data_spec: str, encoder: str = "target",
     start = time.perf_counter()
     features = FeatureExtractor(checkpoint, data_spec, device=device, cache=cache, progress=progress)
     if last_layers is None:  # the recipe's choice is for pooled features; attentive reads the last layer
-        last_layers = 1 if patch_tokens else recipe_last_layers(features.checkpoint)
+        last_layers = 1 if patch_tokens else features.recipe_last_layers
     depth = features.encoder(encoder)[0].depth
     if not 1 <= last_layers <= depth:
         raise EvalError(f"--last-layers must be within [1, the encoder's depth {depth}], got {last_layers}")
@@ -79,10 +79,3 @@ def evaluate(protocol: str, checkpoint, data_spec: str, encoder: str = "target",
         "seconds": round(time.perf_counter() - start, 1),
     }
 
-
-def recipe_last_layers(checkpoint) -> int:
-    """The ``eval.last_layers`` a checkpoint's config asks for (1 for older checkpoints)."""
-    from ..checkpoint import load_meta
-    from ..config import from_dict
-
-    return from_dict(load_meta(checkpoint)["config"]).eval.last_layers

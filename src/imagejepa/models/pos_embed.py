@@ -32,3 +32,22 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     emb_x = sincos_1d(dim // 2, cols.reshape(-1))
     emb_y = sincos_1d(dim // 2, rows.reshape(-1))
     return torch.cat([emb_x, emb_y], dim=1).float()
+
+
+def resample_grid(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resampling of a learned position table to another grid.
+
+    ``table (1, old_h * old_w, D) -> (1, new_h * new_w, D)``, raster order in and out.
+    For learned embeddings only (imports from other libraries): sin-cos ones are recomputed.
+    Same interpolation as Hugging Face's ``interpolate_pos_encoding`` (bicubic, no corner
+    alignment, no antialias), so resampled imports still match the source library.
+    """
+    (oh, ow), (nh, nw) = tuple(old_grid), tuple(new_grid)
+    if table.shape[-2] != oh * ow:
+        raise ValueError(f"position table has {table.shape[-2]} rows, grid {oh}x{ow} needs {oh * ow}")
+    if (oh, ow) == (nh, nw):
+        return table
+    dim = table.shape[-1]
+    grid = table.reshape(1, oh, ow, dim).permute(0, 3, 1, 2).float()
+    grid = torch.nn.functional.interpolate(grid, size=(nh, nw), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, nh * nw, dim).to(table.dtype)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .layers import LAYER_NORM_EPS, Block, PatchEmbed, init_weights
-from .pos_embed import sincos_2d
+from .pos_embed import resample_grid, sincos_2d
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,17 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, flat).reshape(*index.shape, D)
 
 
+POS_EMBED_KINDS = ("sincos", "learned")
+
+
 class Encoder(nn.Module):
     """ViT encoder. ``forward(images (B, C, H, W), keep (B, K) | None) -> (B, K or N, D)``.
 
     ``depth``, ``embed_dim`` etc. override the table entry of ``arch`` (small test models).
+    ``pos_embed="sincos"`` (I-JEPA) recomputes the fixed embedding for any image size;
+    ``pos_embed="learned"`` holds a trainable ``(1, N, D)`` table for the grid ``pos_grid``
+    (imports of models whose positions are not sin-cos) and resamples it bicubically when
+    the image size changes. ``norm_eps`` is the LayerNorm epsilon (1e-6 in I-JEPA).
     """
 
     def __init__(
@@ -65,37 +72,84 @@ class Encoder(nn.Module):
         depth: int | None = None,
         num_heads: int | None = None,
         mlp_hidden_dim: int | None = None,
+        norm_eps: float = LAYER_NORM_EPS,
+        pos_embed: str = "sincos",
+        pos_grid: tuple[int, int] | None = None,
         use_sdpa: bool = True,
     ):
         super().__init__()
         spec = get_arch(arch)
+        if pos_embed not in POS_EMBED_KINDS:
+            raise ValueError(f"pos_embed must be one of {POS_EMBED_KINDS}, got {pos_embed!r}")
         self.arch = arch
         self.embed_dim = embed_dim or spec.embed_dim
         self.depth = depth or spec.depth
         self.num_heads = num_heads or spec.num_heads
-        hidden = mlp_hidden_dim or (spec.mlp_hidden_dim * self.embed_dim // spec.embed_dim)
+        self.mlp_hidden_dim = mlp_hidden_dim or (spec.mlp_hidden_dim * self.embed_dim // spec.embed_dim)
+        self.norm_eps = norm_eps
+        self.pos_kind = pos_embed
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.patch_embed = PatchEmbed(patch_size, in_chans, self.embed_dim)
         self.blocks = nn.ModuleList(
-            Block(self.embed_dim, self.num_heads, hidden, use_sdpa=use_sdpa)
+            Block(self.embed_dim, self.num_heads, self.mlp_hidden_dim, use_sdpa=use_sdpa, norm_eps=norm_eps)
             for _ in range(self.depth)
         )
-        self.norm = nn.LayerNorm(self.embed_dim, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(self.embed_dim, eps=norm_eps)
         self.set_img_size(img_size)
+        if pos_embed == "learned":
+            self.pos_grid = tuple(pos_grid or self.grid)
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], self.embed_dim))
         self.apply(init_weights)
+        if pos_embed == "learned":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def set_img_size(self, img_size: int | tuple[int, int]) -> None:
-        """Recompute the fixed position embedding for a new input size (any resolution)."""
-        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        """Run at another input size (any resolution, square or not).
+
+        Sin-cos positions are recomputed for the new grid; a learned table is kept at its
+        own grid and resampled in :meth:`position_embedding`.
+        """
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
         self.img_size = (h, w)
         self.grid = (h // p, w // p)
-        # Not persistent: a pure function of the grid, recomputed rather than loaded.
-        pos = sincos_2d(self.embed_dim, *self.grid)[None].to(self.patch_embed.proj.weight.device)
-        self.register_buffer("pos_embed", pos, persistent=False)
+        if self.pos_kind == "sincos":
+            # Not persistent: a pure function of the grid, recomputed rather than loaded.
+            device = self.patch_embed.proj.weight.device
+            pos = sincos_2d(self.embed_dim, *self.grid)[None].to(device)
+            self.register_buffer("pos_embed", pos, persistent=False)
+
+    def position_embedding(self) -> torch.Tensor:
+        """Positions of the current grid: ``(1, N, D)``."""
+        if self.pos_kind == "sincos":
+            return self.pos_embed
+        return resample_grid(self.pos_embed, self.pos_grid, self.grid)
+
+    def spec(self) -> dict:
+        """Everything needed to rebuild this encoder (plain JSON types); see :meth:`from_spec`."""
+        spec = {
+            "arch": self.arch, "patch_size": self.patch_size, "img_size": list(self.img_size),
+            "in_chans": self.in_chans, "embed_dim": self.embed_dim, "depth": self.depth,
+            "num_heads": self.num_heads, "mlp_hidden_dim": self.mlp_hidden_dim,
+            "norm_eps": self.norm_eps, "pos_embed": self.pos_kind,
+        }
+        if self.pos_kind == "learned":
+            spec["pos_grid"] = list(self.pos_grid)
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> Encoder:
+        """The encoder a :meth:`spec` dict describes (random weights; load a state dict next)."""
+        spec = dict(spec)
+        img_size = tuple(spec.pop("img_size"))
+        pos_grid = spec.pop("pos_grid", None)
+        return cls(
+            spec.pop("arch"), spec.pop("patch_size"), img_size, spec.pop("in_chans"),
+            pos_grid=tuple(pos_grid) if pos_grid else None, **spec,
+        )
 
     @property
     def num_patches(self) -> int:
@@ -108,7 +162,7 @@ class Encoder(nn.Module):
                 f"expected images of size {self.img_size}, got {tuple(images.shape[-2:])}; "
                 "call set_img_size() to run at another resolution"
             )
-        return self.patch_embed(images) + self.pos_embed.to(images.dtype)
+        return self.patch_embed(images) + self.position_embedding().to(images.dtype)
 
     def forward(
         self, images: torch.Tensor, keep: torch.Tensor | None = None, *, out_layers: int = 1

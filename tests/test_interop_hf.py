@@ -1,0 +1,143 @@
+"""Parity with Hugging Face ``transformers.IJepaModel``, both directions, tiny and huge shapes.
+
+Models are built from configs with random weights; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import IJepaConfig, IJepaModel  # test extra: pip install -e '.[test]'
+
+from imagejepa import load_encoder
+from imagejepa.convert import convert, read_model
+from imagejepa.models import Encoder
+
+from .helpers import official_save_dict, tiny_ijepa
+
+TOL = 1e-4  # max abs difference allowed in fp32
+
+SHAPES = {  # (width, depth, heads, mlp, patch, image); huge keeps its full width with 2 blocks
+    "tiny": (192, 2, 3, 768, 8, 32),
+    "huge": (1280, 2, 16, 5120, 14, 224),
+}
+
+
+def shape_params():
+    return [pytest.param("tiny"), pytest.param("huge", marks=pytest.mark.slow)]
+
+
+def hf_model(name: str, seed: int = 0) -> IJepaModel:
+    width, depth, heads, mlp, patch, img = SHAPES[name]
+    torch.manual_seed(seed)
+    config = IJepaConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                         intermediate_size=mlp, image_size=img, patch_size=patch, layer_norm_eps=1e-6)
+    return IJepaModel(config).eval()
+
+
+def our_encoder(name: str, seed: int = 0) -> Encoder:
+    width, depth, heads, mlp, patch, img = SHAPES[name]
+    torch.manual_seed(seed)
+    arch = "vit_tiny" if name == "tiny" else "vit_huge"
+    return Encoder(arch, patch, img, depth=depth).eval()
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("name", shape_params())
+def test_import_from_hf_matches_last_hidden_state(tmp_path, name):
+    hf = hf_model(name)
+    hf.save_pretrained(tmp_path / "hf")
+    encoder, pre = load_encoder(tmp_path / "hf", which="context")  # the public ports hold the context encoder
+    img = SHAPES[name][-1]
+    images = torch.randn(2, 3, img, img)
+    with torch.no_grad():
+        diff = max_diff(encoder.forward_features(images), hf(pixel_values=images).last_hidden_state)
+    assert diff <= TOL
+    # HF's preprocessor default (mean/std 0.5) is not what I-JEPA was trained with.
+    assert pre.mean == (0.485, 0.456, 0.406)
+    # Random HF positions are not sin-cos: they are kept as a learned table.
+    assert encoder.pos_kind == "learned"
+    with pytest.raises(KeyError, match="no target encoder"):
+        load_encoder(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("name", shape_params())
+def test_export_to_hf_loads_with_from_pretrained(tmp_path, name):
+    encoder = our_encoder(name)
+    model = tiny_ijepa() if name == "tiny" else None
+    src = tmp_path / "ours.pth.tar"
+    if model is not None:  # a full official-layout checkpoint: pick the target encoder
+        torch.save(official_save_dict(model), src)
+        encoder = model.target_encoder
+    else:
+        torch.save({k: v for k, v in encoder.state_dict().items()}
+                   | {"pos_embed": encoder.position_embedding()}, src)
+    summary = convert(src, tmp_path / "hf", to="hf", which="target" if model else "context")
+    assert summary["to"] == "hf"
+    hf, info = IJepaModel.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    img = SHAPES[name][-1]
+    images = torch.randn(2, 3, img, img)
+    with torch.no_grad():
+        assert max_diff(hf.eval()(pixel_values=images).last_hidden_state, encoder(images)) <= TOL
+    processor = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.485, 0.456, 0.406]
+
+
+def test_round_trip_hf_imagejepa_hf_is_exact(tmp_path):
+    hf = hf_model("tiny")
+    hf.save_pretrained(tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "ours", to="imagejepa")
+    convert(tmp_path / "ours", tmp_path / "hf2", to="hf", which="context")
+    back = IJepaModel.from_pretrained(tmp_path / "hf2").state_dict()
+    for k, v in hf.state_dict().items():
+        assert torch.equal(back[k], v), k
+    # and ours -> hf -> ours keeps every imagejepa tensor bit for bit
+    first, second = read_model(tmp_path / "ours"), read_model(tmp_path / "hf2")
+    assert first.encoder_spec == second.encoder_spec
+    for k, v in first.states["encoder"].items():
+        assert torch.equal(second.states["encoder"][k], v), k
+
+
+def test_learned_positions_resample_like_hf_at_another_resolution(tmp_path):
+    """A learned table (from an import) is resampled bicubically, as HF's interpolate_pos_encoding."""
+    hf = hf_model("tiny")
+    hf.save_pretrained(tmp_path / "hf")
+    encoder, _ = load_encoder(tmp_path / "hf", which="context")
+    encoder.set_img_size(64)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = encoder(images)
+        theirs = hf(pixel_values=images, interpolate_pos_encoding=True).last_hidden_state
+    assert ours.shape == (2, 64, 192) and max_diff(ours, theirs) <= TOL
+
+
+def test_official_import_runs_at_448_with_recomputed_sincos(tmp_path):
+    """A 224-style checkpoint (here 32px) runs at twice the resolution and non-square input."""
+    model = tiny_ijepa()
+    torch.save(official_save_dict(model), tmp_path / "ckpt.pth.tar")
+    encoder, _ = load_encoder(tmp_path / "ckpt.pth.tar")
+    encoder.set_img_size(64)
+    assert encoder.embed(torch.randn(2, 3, 64, 64)).shape == (2, 192)
+    encoder.set_img_size((32, 64))
+    assert encoder.forward_features(torch.randn(1, 3, 32, 64)).shape == (1, 32, 192)
+
+
+def test_import_reads_transformers_5_module_names_too(tmp_path):
+    """Files written from transformers 5's in-memory names (layers.N.attention.q_proj ...)."""
+    from safetensors.torch import save_file
+
+    hf = hf_model("tiny", seed=3)
+    assert any(k.startswith("layers.0.attention.q_proj") for k in hf.state_dict())
+    (tmp_path / "hf").mkdir()
+    save_file(hf.state_dict(), str(tmp_path / "hf" / "model.safetensors"))
+    hf.config.to_json_file(tmp_path / "hf" / "config.json")
+    encoder, _ = load_encoder(tmp_path / "hf", which="context")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert max_diff(encoder(images), hf(pixel_values=images).last_hidden_state) <= TOL
