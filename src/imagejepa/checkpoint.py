@@ -107,10 +107,7 @@ def save_checkpoint(
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         for name in DATA_FILES:
             _fsync_file(tmp / name)
-        manifest = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name)}
-                    for name in DATA_FILES}
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": manifest}, indent=2))
-        _fsync_file(tmp / MANIFEST)
+        write_manifest(tmp, step, DATA_FILES)
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step: move the old one aside first
             replaced = checkpoints_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
@@ -199,6 +196,18 @@ def recover(checkpoints_dir: Path) -> list[str]:
     return done
 
 
+def write_manifest(folder: Path, step: int, names) -> None:
+    """``manifest.json``: size and sha256 of each of ``names`` in ``folder``, flushed to disk.
+
+    Training checkpoints list all of DATA_FILES; a weights-only checkpoint (an import from
+    another format) lists the weights and meta.json only, and cannot be resumed from.
+    """
+    files = {name: {"size": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)}
+             for name in names}
+    (folder / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
+    _fsync_file(folder / MANIFEST)
+
+
 def verify_checkpoint(folder: Path) -> None:
     """Raise :class:`CheckpointError` naming the first file that is missing, has the wrong
     size or the wrong sha256 according to ``manifest.json``."""
@@ -210,10 +219,11 @@ def verify_checkpoint(folder: Path) -> None:
         raise CheckpointError(f"{manifest_path}: missing, so {folder} cannot be verified") from None
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({e})") from None
-    for name in DATA_FILES:
-        path = folder / name
+    for name in (MODEL_FILE, META_FILE):
         if name not in files:
             raise CheckpointError(f"{manifest_path}: lists no entry for {name}")
+    for name in files:
+        path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing (listed in the manifest)")
         size = path.stat().st_size

@@ -88,6 +88,7 @@ def write_imagejepa(bundle: ModelBundle, dst: Path, which: str = "target") -> No
     def write(folder: Path) -> None:
         _save(tensors, folder / ckpt.MODEL_FILE)
         _json(meta, folder / ckpt.META_FILE)
+        ckpt.write_manifest(folder, meta["step"] or 0, (ckpt.MODEL_FILE, ckpt.META_FILE))
 
     _atomic_folder(dst, write)
 
