@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -8,8 +9,23 @@ from imagejepa.cli import main
 
 from .helpers import TINY_OVERRIDES
 
-# Feature caches of the tests never land in the user's ~/.cache.
-os.environ["IMAGEJEPA_CACHE"] = tempfile.mkdtemp(prefix="imagejepa-test-cache-")
+# Feature caches of the tests never land in the user's ~/.cache, and are removed afterwards.
+TEST_CACHE = tempfile.mkdtemp(prefix="imagejepa-test-cache-")
+os.environ["IMAGEJEPA_CACHE"] = TEST_CACHE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_cache():
+    yield
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def big_tmp_path(tmp_path):
+    """``tmp_path`` emptied as soon as the test ends: for tests that write gigabytes
+    (full-size ViT-H weights), so a run does not accumulate them on disk."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "fmnist_vit_tiny.yaml"
 

@@ -49,7 +49,8 @@ def max_diff(a, b) -> float:
 
 
 @pytest.mark.parametrize("name", shape_params())
-def test_import_from_hf_matches_last_hidden_state(tmp_path, name):
+def test_import_from_hf_matches_last_hidden_state(big_tmp_path, name):
+    tmp_path = big_tmp_path  # gigabytes at the huge shape: removed when the test ends
     hf = hf_model(name)
     hf.save_pretrained(tmp_path / "hf")
     encoder, pre = load_encoder(tmp_path / "hf", which="context")  # the public ports hold the context encoder
@@ -67,7 +68,8 @@ def test_import_from_hf_matches_last_hidden_state(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", shape_params())
-def test_export_to_hf_loads_with_from_pretrained(tmp_path, name):
+def test_export_to_hf_loads_with_from_pretrained(big_tmp_path, name):
+    tmp_path = big_tmp_path  # gigabytes at the huge shape: removed when the test ends
     encoder = our_encoder(name)
     model = tiny_ijepa() if name == "tiny" else None
     src = tmp_path / "ours.pth.tar"

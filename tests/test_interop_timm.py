@@ -27,7 +27,8 @@ def timm_model(name: str, seed: int = 0):
 
 
 @pytest.mark.parametrize("name", shape_params())
-def test_import_timm_state_dict_matches_forward_features(tmp_path, name):
+def test_import_timm_state_dict_matches_forward_features(big_tmp_path, name):
+    tmp_path = big_tmp_path  # gigabytes at the huge shape: removed when the test ends
     model = timm_model(name)
     save_file(model.state_dict(), str(tmp_path / "vit.safetensors"))
     assert detect_format(tmp_path / "vit.safetensors") == "timm"
@@ -41,7 +42,8 @@ def test_import_timm_state_dict_matches_forward_features(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", shape_params())
-def test_export_to_timm_loads_both_ways(tmp_path, name):
+def test_export_to_timm_loads_both_ways(big_tmp_path, name):
+    tmp_path = big_tmp_path  # gigabytes at the huge shape: removed when the test ends
     encoder = our_encoder(name)
     state = encoder.state_dict() | {"pos_embed": encoder.position_embedding()}
     save_file(state, str(tmp_path / "src.safetensors"))
