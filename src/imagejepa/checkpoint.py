@@ -127,18 +127,23 @@ def save_checkpoint(
     return final
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a crash leaves either the old or the new file."""
+def atomic_write(path: Path, write) -> None:
+    """Replace ``path`` with what ``write(tmp_path)`` writes, so that a crash leaves either
+    the old or the new file (the temporary name carries the pid: writers may race)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        write(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _point_latest(checkpoints_dir: Path, name: str) -> None:
@@ -192,7 +197,8 @@ def recover(checkpoints_dir: Path) -> list[str]:
     for p in sorted([*d.glob(".tmp-*"), *d.glob(".del-*")]):
         shutil.rmtree(p, ignore_errors=True)
         done.append(p.name)
-    (d / f".{LATEST}.tmp").unlink(missing_ok=True)
+    for p in d.glob(f".{LATEST}.*tmp"):  # an unfinished move of the pointer
+        p.unlink(missing_ok=True)
     return done
 
 

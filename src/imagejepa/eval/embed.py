@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_write
 from .features import FeatureExtractor, FeatureRequest
 
 
@@ -23,12 +23,6 @@ def sample_names(dataset) -> list[str] | None:
     folder = getattr(dataset, "folder", None)
     samples = getattr(folder, "samples", None)
     return None if samples is None else [str(path) for path, _ in samples]
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _save_npy(array: np.ndarray):
@@ -57,17 +51,17 @@ def embed_to_file(checkpoint, data_spec: str, out: str | Path, split: str = "tes
         meta = {"about": json.dumps(about)}
         if names is not None:
             meta["names"] = json.dumps(names)
-        _atomic(out, lambda p: save_file({"features": features.contiguous(), "labels": labels.contiguous()},
-                                         str(p), metadata=meta))
+        tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
+        atomic_write(out, lambda p: save_file(tensors, str(p), metadata=meta))
     else:
         stem = out.with_suffix("")
-        _atomic(out, _save_npy(features.numpy()))
+        atomic_write(out, _save_npy(features.numpy()))
         labels_path = Path(f"{stem}.labels.npy")
-        _atomic(labels_path, _save_npy(labels.to(torch.int64).numpy()))
+        atomic_write(labels_path, _save_npy(labels.to(torch.int64).numpy()))
         files.append(labels_path)
         if names is not None:
             names_path = Path(f"{stem}.names.txt")
-            _atomic(names_path, lambda p: p.write_text("\n".join(names) + "\n"))
+            atomic_write(names_path, lambda p: p.write_text("\n".join(names) + "\n"))
             files.append(names_path)
     return {**about, "files": [str(f) for f in files], "shape": list(features.shape),
             "dtype": str(features.dtype).removeprefix("torch.")}

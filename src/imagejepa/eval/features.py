@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..checkpoint import atomic_write, sha256_of
 from ..data import EvalTransform, eval_batches
 from ..models import Encoder
 from ..runtime import autocast
@@ -80,15 +81,6 @@ def pixel_features(dataset, transform: EvalTransform, patch_size: int | None = N
     return torch.cat(xs), torch.cat(ys)
 
 
-def file_fingerprint(path: Path) -> str:
-    """sha256 of a file's bytes: the cache key of a checkpoint's weights."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     root = os.environ.get("IMAGEJEPA_CACHE") or Path.home() / ".cache" / "imagejepa"
     return Path(root) / "features"
@@ -126,10 +118,10 @@ class FeatureCache:
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{key}.{os.getpid()}.tmp"
-        save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp),
-                  metadata={"about": json.dumps(about, sort_keys=True)})
-        os.replace(tmp, self.folder / f"{key}.safetensors")
+        tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
+        meta = {"about": json.dumps(about, sort_keys=True)}
+        atomic_write(self.folder / f"{key}.safetensors",
+                     lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 @dataclass(frozen=True)
@@ -157,7 +149,7 @@ def identify_source(source) -> tuple[str, str, int]:
 
     if str(source) in RELEASES:
         path = locate(get_release(str(source)))
-        return str(path), file_fingerprint(path), 1
+        return str(path), sha256_of(path), 1
     path = Path(source)
     try:
         folder = ckpt.resolve_checkpoint(path)
@@ -168,11 +160,11 @@ def identify_source(source) -> tuple[str, str, int]:
         last_layers = from_dict(ckpt.load_meta(folder)["config"]).eval.last_layers
         return str(folder), manifest["files"][ckpt.MODEL_FILE]["sha256"], last_layers
     if path.is_file():
-        return str(path), file_fingerprint(path), 1
+        return str(path), sha256_of(path), 1
     if path.is_dir():
         digest = hashlib.sha256()
         for f in sorted(p for p in path.iterdir() if p.is_file()):
-            digest.update(f.name.encode() + file_fingerprint(f).encode())
+            digest.update(f.name.encode() + sha256_of(f).encode())
         return str(path), digest.hexdigest(), 1
     raise FileNotFoundError(f"no checkpoint at {source}: not a run or checkpoint folder, a weights "
                             "file, a Hugging Face or timm folder, or a released checkpoint name")
