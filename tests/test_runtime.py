@@ -1,12 +1,18 @@
-"""Tests of device and precision resolution."""
+"""Tests of device and precision resolution, and of the CPU capability checks they rest on."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from imagejepa.config import ConfigError
-from imagejepa.runtime import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision
+from imagejepa.runtime import autocast, resolve_device, resolve_precision
+from imagejepa.utils import cpu
 
 
 def test_resolve_device():
@@ -20,11 +26,13 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-def test_resolve_precision():
-    cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "bf16"
-    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
+@pytest.mark.parametrize("units", [True, False])
+def test_resolve_precision_follows_the_bf16_units(monkeypatch, units):
+    monkeypatch.setattr(cpu, "has_bf16_matmul_units", lambda: units)
+    cpu_device = torch.device("cpu")
+    assert resolve_precision("fp32", cpu_device) == "fp32"
+    assert resolve_precision("bf16", cpu_device) == "bf16"  # asked for: given, even where emulated
+    assert resolve_precision("auto", cpu_device) == ("bf16" if units else "fp32")
 
 
 def test_autocast():
@@ -33,3 +41,41 @@ def test_autocast():
         assert (a @ b).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), "fp32"):
         assert (a @ b).dtype == torch.float32
+
+
+AS_AVX2 = """
+import json, torch
+from imagejepa.models import Encoder, cpu_bf16
+from imagejepa.runtime import resolve_precision
+from imagejepa.utils import cpu
+torch.manual_seed(0)
+encoder = Encoder("vit_small", 16, 64, depth=2).eval()
+images = torch.randn(2, 3, 64, 64)
+taken = []
+original = cpu_bf16.block_forward
+cpu_bf16.block_forward = lambda block, x: taken.append(1) or original(block, x)
+with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    bf16 = encoder(images).float()
+with torch.no_grad():
+    fp32 = encoder(images)
+print(json.dumps({"features": cpu.features(), "auto": resolve_precision("auto", torch.device("cpu")),
+                  "fast_blocks": len(taken), "max_diff": float((bf16 - fp32).abs().max())}))
+"""
+
+
+@pytest.mark.slow
+def test_an_avx2_only_cpu_gets_fp32_by_default_and_correct_bf16_on_request():
+    """PyTorch and oneDNN capped at AVX2 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``): on a
+    larger CPU this is what an AVX2-only machine sees; on such a machine it changes nothing.
+    bf16 autocast inference must take the ordinary path there, not crash in oneDNN."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", AS_AVX2], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["features"]["isa"] == "AVX2"
+    assert not report["features"]["avx512_bf16"] and not report["features"]["amx"]
+    assert not report["features"]["packed_bf16_kernels"]
+    assert report["auto"] == "fp32"
+    assert report["fast_blocks"] == 0
+    assert report["max_diff"] < 0.05

@@ -19,8 +19,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import Config, mask_settings
 from .jepa import build_ijepa
 from .masking import Masks, MaskSettings, MultiBlockMaskSampler
+from .models import cpu_bf16
 from .optim import build_optimizer
 from .runtime import autocast, resolve_device, resolve_precision
+from .utils import cpu
 
 # ViT-T/16 at 224, batch 32, predictor depth 6 width 192, 4 targets, paper mask settings.
 STANDARD_TRAIN = {
@@ -42,10 +44,9 @@ def matmul_peak_tflops(shapes, dtype: torch.dtype, device: torch.device, repeats
         a = torch.randn(m, k, dtype=dtype, device=device)
         b = torch.randn(k, n, dtype=dtype, device=device)
         products = [functools.partial(torch.matmul, a, b)]
-        if prepacked and _can_prepack(dtype, device):
-            packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), m)
-            products.append(functools.partial(torch.ops.mkldnn._linear_pointwise, a, packed, None,
-                                              "none", [], ""))
+        if prepacked and dtype == torch.bfloat16 and device.type == "cpu" and cpu.packed_bf16_kernels():
+            packed = cpu_bf16.pack_weight(b.t().contiguous(), m)
+            products.append(functools.partial(cpu_bf16.packed_matmul, a, packed, None, False))
         for product in products:
             for _ in range(3):
                 product()
@@ -58,10 +59,26 @@ def matmul_peak_tflops(shapes, dtype: torch.dtype, device: torch.device, repeats
     return best
 
 
-def _can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
-    ops = getattr(torch.ops, "mkldnn", None)
-    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise"))
+def peak_description(shapes, dtype: torch.dtype, device: torch.device, prepacked: bool = False) -> str:
+    """What a roofline was divided by, in words, for the JSON report."""
+    kind = "torch.matmul"
+    if prepacked and dtype == torch.bfloat16 and device.type == "cpu" and cpu.packed_bf16_kernels():
+        kind = "the faster of torch.matmul and oneDNN pre-packed matmul"
+    dims = ", ".join("x".join(map(str, s)) for s in shapes)
+    dtype_name = str(dtype).removeprefix("torch.")
+    return f"sustained {dtype_name} {kind} on {device.type}, best of (M x K x N) {dims}"
+
+
+def machine_report(device: torch.device) -> dict:
+    """The CPU features figures depend on (so that two machines' figures are never compared
+    blindly), and the GPU when there is one."""
+    f = cpu.features()
+    report = {"cpu_isa": f["isa"],
+              "cpu_features": [k for k in ("avx2", "avx512", "avx512_bf16", "amx", "packed_bf16_kernels")
+                               if f[k]]}
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+    return report
 
 
 def _sync(device: torch.device) -> None:
@@ -128,6 +145,7 @@ def bench_train(steps: int = 5, warmup: int = 2, device: str = "auto", precision
         "bench": "train",
         "config": "vit_tiny/16@224 batch 32, predictor depth 6 width 192, 4 targets, paper masks",
         "device": str(dev),
+        **machine_report(dev),
         "precision": prec,
         "threads": torch.get_num_threads(),
         "steps": steps,
@@ -135,6 +153,7 @@ def bench_train(steps: int = 5, warmup: int = 2, device: str = "auto", precision
         "flops_per_img": round(flops / (B * steps)),
         "achieved_tflops": round(achieved, 4),
         "matmul_peak_tflops": round(peak, 4),
+        "matmul_peak_of": peak_description(shapes, dtype, dev),
         "roofline_fraction": round(achieved / peak, 4),
     }
 

@@ -16,7 +16,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .bench import _sync, matmul_peak_tflops
+from .bench import _sync, machine_report, matmul_peak_tflops, peak_description
 from .keymaps import encoder_to_hf, hf_layout
 from .models import Encoder
 from .runtime import autocast, resolve_device, resolve_precision
@@ -107,6 +107,7 @@ def bench_embed(arch: str = "vit_huge", patch_size: int = 14, img_size: int = 22
         "model": f"{arch}/{patch_size}@{img_size}" + (f" depth {ours.depth}" if depth else ""),
         "weights": "random (the same in both)",
         "device": str(dev),
+        **machine_report(dev),
         "precision": prec,
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
@@ -119,6 +120,7 @@ def bench_embed(arch: str = "vit_huge", patch_size: int = 14, img_size: int = 22
         "flops_per_img": round(flops / batch_size),
         "achieved_tflops": round(flops / best["ours"] / 1e12, 4),
         "matmul_peak_tflops": round(peak, 4),
+        "matmul_peak_of": peak_description(shapes, dtype, dev, prepacked=True),
         "roofline_fraction": round(flops / best["ours"] / 1e12 / peak, 4),
         "reference_roofline_fraction": round(flops / best["hf"] / 1e12 / peak, 4),
         "max_abs_diff": round(diff, 5),

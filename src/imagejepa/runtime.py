@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from .config import ConfigError
+from .utils import cpu
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -18,19 +19,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` on CUDA with bf16 and on CPUs with bf16 matrix units, else ``fp32``."""
     if name != "auto":
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "bf16" if cpu.has_bf16_matmul_units() else "fp32"
 
 
 def autocast(device: torch.device, precision: str):

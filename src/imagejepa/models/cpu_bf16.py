@@ -14,7 +14,9 @@ stream in fp32) while skipping work eager autocast repeats on every call:
 
 Measured on ViT-H/14 (``imagejepa bench embed``): these remove most of the non-matmul time.
 Training (train mode, including the target encoder inside a training step), fp32, other
-devices, and builds without oneDNN take the ordinary path.
+devices, and CPUs or builds that cannot run oneDNN's packed bf16 kernels (AVX2-only x86:
+:func:`imagejepa.utils.cpu.packed_bf16_kernels`) take the ordinary autocast path: slower
+there, and the same numbers up to bf16 rounding.
 """
 
 from __future__ import annotations
@@ -25,23 +27,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_mkldnn_ops = getattr(torch.ops, "mkldnn", None)
-_linear_pointwise = getattr(_mkldnn_ops, "_linear_pointwise", None)
-_HAS_PACKING = hasattr(_mkldnn_ops, "_reorder_linear_weight")
+from ..utils import cpu
 
 
 def active(x: torch.Tensor) -> bool:
-    """Whether the fast path applies to a block input ``x``: CPU, fp32 stream, no grad, bf16 autocast."""
+    """Whether the fast path applies to a block input ``x``: CPU, fp32 stream, no grad, bf16
+    autocast, and a CPU that runs the packed bf16 kernels."""
     return (
-        _linear_pointwise is not None
-        and _HAS_PACKING
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
+        and cpu.packed_bf16_kernels()
     )
+
+
+# The two oneDNN kernels, behind names of our own (tests substitute reference versions on CPUs
+# that cannot run them, to check the dispatch everywhere).
+def pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """A bf16 ``(N, K)`` weight in oneDNN's blocked layout for ``rows``-row inputs."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                  gelu: bool) -> torch.Tensor:
+    """``x @ W.T + bias``, then exact GELU if ``gelu``: bf16 ``(..., K) -> (..., N)``."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu" if gelu else "none", [],
+                                              "none" if gelu else "")
 
 
 # Linear -> (key, packed bf16 weight, bf16 bias). Weakly keyed: the cache lives and dies with
@@ -63,7 +76,7 @@ def _bf16_params(linear: nn.Linear, rows: int) -> tuple[torch.Tensor, torch.Tens
         return w.to(torch.bfloat16), None if b is None else b.to(torch.bfloat16)
     cached = _CACHE.get(linear)
     if cached is None or cached[0] != key:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().to(torch.bfloat16), rows)
+        packed = pack_weight(w.detach().to(torch.bfloat16), rows)
         cached = (key, packed, None if b is None else b.detach().to(torch.bfloat16))
         _CACHE[linear] = cached
     return cached[1], cached[2]
@@ -72,8 +85,7 @@ def _bf16_params(linear: nn.Linear, rows: int) -> tuple[torch.Tensor, torch.Tens
 def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """``layer(x)`` (then exact GELU if ``gelu``) as one bf16 oneDNN matmul: ``(..., K) -> (..., N)`` bf16."""
     w, b = _bf16_params(layer, x.numel() // x.shape[-1])
-    return _linear_pointwise(x.to(torch.bfloat16), w, b, "gelu" if gelu else "none", [],
-                             "none" if gelu else "")
+    return packed_matmul(x.to(torch.bfloat16), w, b, gelu)
 
 
 def block_forward(block, x: torch.Tensor) -> torch.Tensor:

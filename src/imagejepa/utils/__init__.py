@@ -1,0 +1,1 @@
+"""Small shared helpers that know nothing of I-JEPA: CPU capabilities, ..."""
