@@ -117,10 +117,13 @@ def check_fmnist(ds, images, labels):
 
 @pytest.fixture
 def no_download(monkeypatch, tmp_path):
-    def fail(train):
-        raise OSError("no network in tests")
+    """No default folders, and any use of torchvision's downloading dataset is an error."""
+    import torchvision.datasets
 
-    monkeypatch.setattr(fm, "_download", fail)
+    def downloads(*args, **kwargs):
+        raise AssertionError("Fashion-MNIST must never be downloaded at run time")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", downloads)
     monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian-dir")
     monkeypatch.delenv("IMAGEJEPA_DATA", raising=False)
 
@@ -151,9 +154,8 @@ def test_missing_fashion_mnist_explains_how_to_get_it(tmp_path, no_download):
     with pytest.raises(FileNotFoundError) as info:
         fm.load_fashion_mnist(str(tmp_path / "nowhere"), train=True)
     msg = str(info.value)
-    assert "dataset-fashion-mnist" in msg
+    assert "dataset-fashion-mnist" in msg and "IMAGEJEPA_DATA" in msg
     assert str(tmp_path / "nowhere") in msg
-    assert "OSError" in msg
 
 
 # -- synthetic data -------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from imagejepa.cli import main
-from imagejepa.safe_load import CheckpointError, UnsafeCheckpointError, load_torch_file
+from imagejepa.errors import UnreadableFileError, UnsafeFileError
+from imagejepa.safe_load import load_torch_file
 
 from .helpers import official_save_dict, tiny_ijepa
 
@@ -38,7 +39,7 @@ def malicious(request, tmp_path):
 
 def test_malicious_pickle_is_refused_and_runs_nothing(malicious):
     path, marker = malicious
-    with pytest.raises(UnsafeCheckpointError, match="refusing to load") as e:
+    with pytest.raises(UnsafeFileError, match="refusing to load") as e:
         load_torch_file(path)
     assert "weights_only" in str(e.value) and "arbitrary code" in str(e.value)
     # Protocol 2 (torch.save's) reaches the GLOBAL opcode and names it; a protocol-4 pickle is
@@ -55,6 +56,17 @@ def test_convert_refuses_malicious_pickle_with_one_line(malicious, tmp_path, cap
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", [["eval", "linear"], ["embed"]])
+def test_eval_and_embed_refuse_malicious_pickle_with_one_line(malicious, tmp_path, capsys, command):
+    path, marker = malicious
+    out = tmp_path / "features.npy"
+    assert main([*command, "--checkpoint", str(path), "--data", "synthetic", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refusing to load" in err and "could run arbitrary code" in err
+    assert err.startswith(f"imagejepa {command[0]}: error: ")
+    assert not marker.exists() and not out.exists()
+
+
 @pytest.fixture
 def official_bytes():
     buf = __import__("io").BytesIO()
@@ -65,18 +77,29 @@ def official_bytes():
 def test_truncated_checkpoint_fails_clearly(tmp_path, official_bytes, capsys):
     path = tmp_path / "cut.pth.tar"
     path.write_bytes(official_bytes[: len(official_bytes) // 2])
-    with pytest.raises(CheckpointError, match="truncated"):
+    with pytest.raises(UnreadableFileError, match="truncated"):
         load_torch_file(path)
     assert main(["convert", str(path), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is truncated" in err and "download or copy it again" in err
 
 
+@pytest.mark.parametrize("command", [["eval", "knn"], ["embed"]])
+def test_eval_and_embed_on_a_truncated_checkpoint_fail_with_one_line(tmp_path, official_bytes, capsys,
+                                                                       command):
+    path = tmp_path / "cut.pth.tar"
+    path.write_bytes(official_bytes[: len(official_bytes) // 2])
+    out = tmp_path / "features.npy"
+    assert main([*command, "--checkpoint", str(path), "--data", "synthetic", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is truncated" in err and not out.exists()
+
+
 def test_truncated_legacy_format_fails_clearly(tmp_path):
     path = tmp_path / "legacy.pth"
     torch.save({"a": torch.randn(100, 100)}, path, _use_new_zipfile_serialization=False)
     path.write_bytes(path.read_bytes()[:-5000])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(UnreadableFileError, match="truncated or corrupt"):
         load_torch_file(path)
 
 
@@ -85,7 +108,7 @@ def test_truncated_legacy_format_fails_clearly(tmp_path):
 def test_empty_and_foreign_files(tmp_path, content, message):
     path = tmp_path / "f.pth.tar"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(UnreadableFileError, match=message):
         load_torch_file(path)
 
 

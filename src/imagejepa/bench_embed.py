@@ -17,13 +17,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .bench import _sync, machine_report, matmul_peak_tflops, peak_description
+from .errors import MissingDependencyError
 from .keymaps import encoder_to_hf, hf_layout
 from .models import Encoder
 from .runtime import autocast, resolve_device, resolve_precision
-
-
-class MissingReference(RuntimeError):
-    """transformers, the library compared against, is not installed."""
 
 
 def hf_twin(encoder: Encoder, attn_implementation: str = "sdpa"):
@@ -32,7 +29,7 @@ def hf_twin(encoder: Encoder, attn_implementation: str = "sdpa"):
     try:
         from transformers import IJepaConfig, IJepaModel
     except ImportError as e:
-        raise MissingReference("bench embed compares against Hugging Face transformers: "
+        raise MissingDependencyError("bench embed compares against Hugging Face transformers: "
                            "pip install 'transformers>=4.47' (or the package's [test] extra)") from e
     h, w = encoder.img_size
     config = IJepaConfig(

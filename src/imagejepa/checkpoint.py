@@ -30,14 +30,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import CheckpointError
+
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "train_state.pt", "meta.json"
 MANIFEST, LATEST = "manifest.json", "latest"
 DATA_FILES = (MODEL_FILE, STATE_FILE, META_FILE)
 PLAIN_TYPES = (bool, int, float, str, type(None), torch.Tensor)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written, or fails verification or safe loading."""
 
 
 def _fsync_file(path: Path) -> None:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import RunError, UsageError
 
 FAILURE_EXIT, USAGE_EXIT = 1, 2
 EXIT_CODES = """exit codes:
@@ -22,10 +22,6 @@ EXIT_CODES = """exit codes:
   130 interrupted before training started, or Ctrl-C pressed twice"""
 # Settings that may change when a run is resumed: they do not change what is computed.
 RESUME_FREE = {"data.num_workers", "data.on_error", "data.max_bad_fraction"}
-
-
-class UsageError(Exception):
-    """Bad arguments or configuration: one line to stderr, exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -189,7 +185,7 @@ def _check_same_run(cfg, run_dir: Path) -> None:
 def cmd_eval(args) -> None:
     from .eval.features import FeatureCache
     from .eval.report import format_table, write_report
-    from .eval.run import EvalError, evaluate
+    from .eval.run import evaluate
 
     if args.last_layers is not None and args.last_layers < 1:
         raise UsageError(f"--last-layers must be >= 1, got {args.last_layers}")
@@ -201,11 +197,8 @@ def cmd_eval(args) -> None:
     }[args.protocol]()
     _check_eval_settings(args.protocol, settings)
     cache = None if args.no_cache else FeatureCache(args.cache_dir)
-    try:
-        report = evaluate(args.protocol, args.checkpoint, args.data, encoder=args.encoder,
-                          baselines=args.baselines, last_layers=args.last_layers, cache=cache, **settings)
-    except EvalError as e:
-        raise UsageError(str(e)) from e
+    report = evaluate(args.protocol, args.checkpoint, args.data, encoder=args.encoder,
+                      baselines=args.baselines, last_layers=args.last_layers, cache=cache, **settings)
     print(format_table(report))
     if args.out:
         write_report(report, args.out)
@@ -246,7 +239,7 @@ def cmd_bench(args) -> None:
     if args.what == "train":
         _print_json(bench.bench_train(args.steps, args.warmup, args.device, args.precision))
     elif args.what == "embed":
-        from .bench_embed import MissingReference, bench_embed
+        from .bench_embed import bench_embed
 
         arch, patch = _parse_model(args.model)
         for key in ("batch_size", "steps", "img_size"):
@@ -256,11 +249,8 @@ def cmd_bench(args) -> None:
             raise UsageError(f"--depth must be >= 1, got {args.depth}")
         if args.img_size % patch:
             raise UsageError(f"--img-size {args.img_size} is not divisible by the patch size {patch}")
-        try:
-            _print_json(bench_embed(arch, patch, args.img_size, args.batch_size, args.steps, args.warmup,
-                                    args.precision, args.device, args.depth))
-        except MissingReference as e:
-            raise UsageError(str(e)) from None
+        _print_json(bench_embed(arch, patch, args.img_size, args.batch_size, args.steps, args.warmup,
+                                args.precision, args.device, args.depth))
     else:
         _print_json(bench.bench_masks(args.batch_size, args.grid))
 
@@ -292,15 +282,13 @@ def cmd_info(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from .convert import ConvertError, convert
-    from .export import ExportError
-    from .safe_load import CheckpointError
+    from .convert import convert
 
     if args.heads is not None and args.heads < 1:
         raise UsageError(f"--heads must be >= 1, got {args.heads}")
     try:
         summary = convert(args.src, args.dst, to=args.to, which=args.encoder, num_heads=args.heads)
-    except (ConvertError, ExportError, CheckpointError, KeyError) as e:
+    except KeyError as e:  # a name the source's layout lacks
         raise UsageError(str(e).strip("'\"")) from None
     _print_json(summary)
 
@@ -311,20 +299,17 @@ COMMANDS = {"pretrain": cmd_pretrain, "eval": cmd_eval, "embed": cmd_embed, "ben
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .checkpoint import CheckpointError  # after parsing: --help stays fast
-    from .data import DataError
-    from .preempt import PREEMPTED_EXIT, Preempted
-    from .train import NonFiniteError
+    from .preempt import PREEMPTED_EXIT, Preempted  # after parsing: --help stays fast
 
     try:
         COMMANDS[args.command](args)
-    except (UsageError, ConfigError, FileNotFoundError) as e:
+    except (UsageError, FileNotFoundError) as e:
         print(f"imagejepa {args.command}: error: {e}", file=sys.stderr)
         return USAGE_EXIT
     except Preempted as e:
         print(f"imagejepa {args.command}: {e}", file=sys.stderr)
         return PREEMPTED_EXIT
-    except (CheckpointError, DataError, NonFiniteError) as e:
+    except RunError as e:
         print(f"imagejepa {args.command}: error: {e}", file=sys.stderr)
         return FAILURE_EXIT
     except KeyboardInterrupt:

@@ -20,9 +20,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message naming the key and what is allowed."""
+from .errors import ConfigError
 
 
 @dataclass

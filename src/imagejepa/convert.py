@@ -22,8 +22,8 @@ import torch
 from . import checkpoint as ckpt
 from .bundle import PROVENANCE_FILE, ModelBundle, infer_encoder_spec, infer_predictor_spec
 from .data.base import IMAGENET_MEAN, IMAGENET_STD
+from .errors import ConvertError, KeyMapError, UnreadableFileError
 from .keymaps import (
-    KeyMapError,
     encoder_from_hf,
     encoder_from_timm,
     is_sincos,
@@ -31,15 +31,11 @@ from .keymaps import (
     strip_module_prefix,
 )
 from .registry import match_file_name
-from .safe_load import CheckpointError, load_state_file, load_torch_file
+from .safe_load import load_state_file, load_torch_file
 
 FORMATS = ("imagejepa", "official", "hf", "timm")
 HF_DEFAULT_NORM = (0.5, 0.5, 0.5)  # ViTImageProcessor's default, which the hub I-JEPA ports carry
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pth")
-
-
-class ConvertError(ValueError):
-    """An input that cannot be converted; the message says what was wrong and what is allowed."""
 
 
 def _read_json(path: Path) -> dict:
@@ -227,7 +223,7 @@ def read_timm(path: Path, num_heads: int | None = None) -> ModelBundle:
     else:
         try:
             weights = load_state_file(path)
-        except CheckpointError as e:
+        except UnreadableFileError as e:
             raise ConvertError(f"{e}; expected a timm vit_*_gap state dict") from None
     args = cfg.get("model_args", {})
     pre = cfg.get("pretrained_cfg", {})

@@ -27,12 +27,9 @@ from safetensors.torch import save_file
 
 from . import checkpoint as ckpt
 from .bundle import PROVENANCE_FILE, ROLES, ModelBundle
+from .errors import ExportError
 from .keymaps import add_prefix, encoder_to_hf, encoder_to_timm, predictor_to_official
 from .models.pos_embed import sincos_2d
-
-
-class ExportError(ValueError):
-    """The bundle cannot be written in the requested format (the message says why)."""
 
 
 def _atomic_folder(dst: Path, write) -> None:

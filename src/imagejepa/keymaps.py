@@ -21,6 +21,7 @@ import re
 
 import torch
 
+from .errors import KeyMapError
 from .models.pos_embed import sincos_2d
 
 # Per-block parameters: (imagejepa / official / timm suffix, HF published, HF transformers 5).
@@ -44,9 +45,6 @@ HF_POS = "embeddings.position_embeddings"
 HF_IGNORED = ("pooler.dense.weight", "pooler.dense.bias")  # a tanh pooler I-JEPA never had
 TIMM_IGNORED = ("head.weight", "head.bias")  # a classifier head, not part of the encoder
 
-
-class KeyMapError(ValueError):
-    """A state dict that does not have the names or shapes the mapping needs."""
 
 
 def _listing(names, limit: int = 6) -> str:

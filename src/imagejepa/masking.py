@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import torch
 
+from .errors import MaskError
+
 MAX_REJECTION_ROUNDS = 200
 
 
@@ -47,9 +49,6 @@ class Masks(NamedTuple):
     context: torch.Tensor  # (B, Kc) long, sorted
     targets: torch.Tensor  # (B, T, Kt) long
 
-
-class MaskError(ValueError):
-    """Mask settings that cannot produce valid masks on the given grid."""
 
 
 class MultiBlockMaskSampler:

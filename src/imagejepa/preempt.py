@@ -13,11 +13,13 @@ import signal
 import threading
 from pathlib import Path
 
+from .errors import ImageJepaError
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later", i.e. resume with --resume
 
 
-class Preempted(Exception):
+class Preempted(ImageJepaError):
     """Training stopped on a signal after writing a checkpoint; resuming continues exactly."""
 
     def __init__(self, signal_name: str, step: int, checkpoint: Path):

@@ -17,19 +17,15 @@ from typing import Any
 
 import torch
 
+from .errors import UnreadableFileError, UnsafeFileError
+
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 PICKLE_MAGIC = b"\x80"  # the legacy format and raw pickles start with a PROTO opcode
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read: truncated, foreign, or unsafe."""
 
 
-class UnsafeCheckpointError(CheckpointError):
-    """A file whose unpickling would import or call arbitrary code; it was not unpickled."""
-
-
-def _refusal(path: Path, error: Exception) -> UnsafeCheckpointError:
+def _refusal(path: Path, error: Exception) -> UnsafeFileError:
     text = str(error)
     found = re.search(r"(GLOBAL \S+)", text)
     opcode = re.search(r"Unsupported operand (\d+)", text)
@@ -38,7 +34,7 @@ def _refusal(path: Path, error: Exception) -> UnsafeCheckpointError:
         what = f" (it asks for {found.group(1)})"
     elif opcode:
         what = f" (it uses pickle opcode {opcode.group(1)}, which a tensor-only file never needs)"
-    return UnsafeCheckpointError(
+    return UnsafeFileError(
         f"refusing to load {path}: it holds pickled objects other than tensors and plain "
         f"containers{what}; unpickling them could run arbitrary code, so nothing from it was "
         "executed. imagejepa reads only torch.load(weights_only=True) files and safetensors; "
@@ -50,8 +46,8 @@ def load_torch_file(path: str | Path) -> Any:
     """The object a ``torch.save`` file holds, loaded safely on the CPU.
 
     Zip-format files are memory-mapped (a multi-GB official checkpoint is not read into
-    memory at once). Raises :class:`UnsafeCheckpointError` for code-running pickles,
-    :class:`CheckpointError` for truncated or unrecognised files, ``FileNotFoundError``
+    memory at once). Raises :class:`UnsafeFileError` for code-running pickles,
+    :class:`UnreadableFileError` for truncated or unrecognised files, ``FileNotFoundError``
     for a missing one.
     """
     path = Path(path)
@@ -60,10 +56,10 @@ def load_torch_file(path: str | Path) -> Any:
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
-        raise CheckpointError(f"{path} is empty (0 bytes); the download or copy did not complete")
+        raise UnreadableFileError(f"{path} is empty (0 bytes); the download or copy did not complete")
     if head == ZIP_MAGIC:
         if not zipfile.is_zipfile(path):
-            raise CheckpointError(
+            raise UnreadableFileError(
                 f"{path} is truncated: a zip-format PyTorch file without its end (central "
                 f"directory), {path.stat().st_size} bytes; download or copy it again"
             )
@@ -71,7 +67,7 @@ def load_torch_file(path: str | Path) -> Any:
     elif head[:1] == PICKLE_MAGIC:
         mmap = False  # the legacy format cannot be memory-mapped
     else:
-        raise CheckpointError(
+        raise UnreadableFileError(
             f"{path} is not a PyTorch checkpoint (starts with {head!r}; expected a torch.save "
             "zip archive or a legacy pickle)"
         )
@@ -82,10 +78,10 @@ def load_torch_file(path: str | Path) -> Any:
     except pickle.UnpicklingError as e:
         if "weights only load failed" in str(e).lower():
             raise _refusal(path, e) from None
-        raise CheckpointError(f"{path} is corrupt or truncated: {e}") from None
+        raise UnreadableFileError(f"{path} is corrupt or truncated: {e}") from None
     except (EOFError, RuntimeError, OSError, KeyError, ValueError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(
+        raise UnreadableFileError(
             f"{path} could not be read as a PyTorch checkpoint ({detail}); it is probably "
             "truncated or corrupt: download or copy it again"
         ) from None
@@ -103,10 +99,10 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+            raise UnreadableFileError(f"{path} is not a readable safetensors file ({e})") from None
     obj = load_torch_file(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # a common wrapper
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a flat dict of tensors (a state dict)")
+        raise UnreadableFileError(f"{path} does not hold a flat dict of tensors (a state dict)")
     return obj

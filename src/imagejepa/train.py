@@ -28,6 +28,7 @@ from . import checkpoint as ckpt
 from .config import Config, ConfigError, check_batch_split, mask_settings, world_size_from_env
 from .data import DataError, TrainLoader, TrainTransform, build_dataset, channel_stats, check_data_path
 from .data.loader import mix_seed
+from .errors import NonFiniteError
 from .jepa import build_ijepa
 from .masking import Masks, MultiBlockMaskSampler
 from .monitor import CollapseMonitor
@@ -42,10 +43,6 @@ METRIC_COLUMNS = (
 )
 MASK_STREAM = 0x3A5C
 MAX_SKIPPED_STEPS_IN_A_ROW = 10  # with on_nan=skip_step: a run that only produces NaN stops
-
-
-class NonFiniteError(RuntimeError):
-    """A non-finite loss or gradient; the message names the step and the last good checkpoint."""
 
 
 def _stderr(message: str) -> None:

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -22,10 +24,6 @@ def channel_stats(stats: Sequence[float], in_chans: int) -> tuple[float, ...]:
     if in_chans == 1:
         return (sum(stats) / len(stats),)
     raise ValueError(f"no normalisation for {in_chans} channels from {len(stats)}-channel stats")
-
-
-class DataError(RuntimeError):
-    """The data cannot be used: too many unreadable files, or one with ``data.on_error: raise``."""
 
 
 class BadImageError(DataError):

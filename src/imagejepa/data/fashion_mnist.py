@@ -1,4 +1,4 @@
-"""Fashion-MNIST from its four IDX files; never needs the network when the files are present.
+"""Fashion-MNIST from its four IDX files; never touches the network.
 
 Looked up, in order: the folder in the data spec (``fashion-mnist:DIR``), ``$IMAGEJEPA_DATA``,
 and ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
@@ -68,31 +68,17 @@ def locate(explicit: str | None, train: bool) -> tuple[Path, Path] | None:
     return None
 
 
-def _download(train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Last resort: torchvision's downloader (works only where the network allows)."""
-    from torchvision.datasets import FashionMNIST
-
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagejepa"
-    ds = FashionMNIST(str(root), train=train, download=True)
-    return ds.data.numpy(), ds.targets.numpy()
-
-
 def load_fashion_mnist(folder: str | None = None, train: bool = True) -> TensorImageDataset:
     """The train (60k) or test (10k) split as uint8 ``(N, 1, 28, 28)`` images with labels."""
     paths = locate(folder, train)
-    if paths is not None:
-        images, labels = read_idx(paths[0]), read_idx(paths[1])
-    else:
+    if paths is None:  # nothing is downloaded at run time: say where to get the files
         searched = ", ".join(str(d) for d in candidate_dirs(folder))
-        try:
-            images, labels = _download(train)
-        except Exception as e:  # no network: say how to get the files
-            raise FileNotFoundError(
-                f"Fashion-MNIST IDX files ({', '.join(FILES[train])}[.gz]) not found in "
-                f"{searched}, and downloading failed ({type(e).__name__}). Install them with "
-                "`apt-get install dataset-fashion-mnist`, or put the four files in a folder "
-                "and use --data fashion-mnist:DIR or IMAGEJEPA_DATA=DIR."
-            ) from None
+        raise FileNotFoundError(
+            f"Fashion-MNIST IDX files ({', '.join(FILES[train])}[.gz]) not found in {searched}. "
+            "Install them with `apt-get install dataset-fashion-mnist`, or put the four files in "
+            "a folder and use --data fashion-mnist:DIR or IMAGEJEPA_DATA=DIR"
+        )
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
     images = torch.from_numpy(np.array(images))[:, None]
     labels = torch.from_numpy(np.array(labels, dtype=np.int64))
     return TensorImageDataset(images, labels, CLASSES, MEAN, STD)

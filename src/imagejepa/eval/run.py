@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from ..errors import EvalError
 from . import attentive, knn, linear, lowshot
 from .features import FeatureCache, FeatureExtractor, FeatureRequest
 
@@ -19,10 +20,6 @@ PROTOCOLS = {
     "attentive": (attentive, "attentive_probe", True),
 }
 BASELINES = ("pixels", "random")
-
-
-class EvalError(ValueError):
-    """A bad evaluation request (protocol, encoder, layers): a usage error, exit code 2."""
 
 
 SOURCE_NAMES = {"target": "target encoder", "context": "context encoder",
