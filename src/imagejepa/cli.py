@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set optim.lr=5e-4 (repeatable)")
     pre.add_argument("--run-dir", help="output folder (default: runs/<config name>-<time>)")
+    pre.add_argument("--budget-minutes", type=float, metavar="MIN",
+                     help="fit the whole schedule into MIN minutes of training on this machine "
+                          "(same as --set train.budget_minutes=MIN)")
     pre.add_argument("--resume", action="store_true",
                      help="continue from the run folder's latest checkpoint")
     pre.add_argument("--fallback", action="store_true",
@@ -144,7 +147,10 @@ def cmd_pretrain(args) -> None:
         if not args.resume:
             raise UsageError("pretrain needs --config FILE (or --resume --run-dir DIR)")
         config_path = Path(args.run_dir) / "config.yaml"
-    cfg = load_config(config_path, args.set)
+    overrides = list(args.set)
+    if args.budget_minutes is not None:
+        overrides.append(f"train.budget_minutes={args.budget_minutes}")
+    cfg = load_config(config_path, overrides)
     if args.resume:
         _check_same_run(cfg, Path(args.run_dir))
     run_dir = args.run_dir or f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -162,13 +168,19 @@ def _check_fresh(run_dir: Path) -> None:
 
 
 def _check_same_run(cfg, run_dir: Path) -> None:
-    """Resuming with another model, data, mask or optimiser setting would not continue the run."""
+    """Resuming with another model, data, mask or optimiser setting would not continue the run.
+
+    A schedule length that the run's time budget fixed (``optim.total_steps`` in its
+    config.yaml) is taken into ``cfg`` when ``cfg`` has a budget and no length of its own."""
     from .config import load_config
 
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         raise UsageError(f"--resume: {saved_path} not found; is {run_dir} a run folder?")
     saved = load_config(saved_path).to_dict()
+    if cfg.train.budget_minutes is not None and cfg.optim.total_steps is None:
+        # The length a time budget fixed is part of the run: continue that schedule.
+        cfg.optim.total_steps = saved["optim"]["total_steps"]
     current = cfg.to_dict()
     changed = [
         f"{section}.{key}"

@@ -68,13 +68,20 @@ class OptimConfig:
     grad_accum: int = 1
     loss: str = "smooth_l1"  # smooth_l1 (official code) | l2 (paper)
     ipe_scale: float = 1.0  # schedules span ipe_scale x the training steps (official option)
+    # The schedules' length in steps, replacing epochs x steps per epoch: set by hand, or
+    # fixed (and written into the run's config.yaml) by train.budget_minutes.
+    total_steps: int | None = None
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
     max_steps: int | None = None  # stop early (schedules still span optim.epochs)
-    max_minutes: float | None = None
+    max_minutes: float | None = None  # a hard stop, wherever the schedules are
+    # Fit the whole schedule (warm-up, cosine, EMA and weight-decay ramps) into this many
+    # minutes: the trainer measures its speed, then fixes optim.total_steps (at most
+    # optim.epochs' worth).
+    budget_minutes: float | None = None
     checkpoint_every_steps: int | None = 1000
     checkpoint_every_minutes: float | None = 30.0
     keep_last: int = 3  # complete checkpoints kept on disk (older ones are deleted)
@@ -294,6 +301,13 @@ def validate(cfg: Config) -> None:
     _require(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}")
     _require(
         t.max_minutes is None or t.max_minutes > 0, f"train.max_minutes must be > 0, got {t.max_minutes}"
+    )
+    _require(
+        t.budget_minutes is None or 0 < t.budget_minutes < math.inf,
+        f"train.budget_minutes must be a finite number > 0, got {t.budget_minutes}",
+    )
+    _require(
+        o.total_steps is None or o.total_steps >= 1, f"optim.total_steps must be >= 1, got {o.total_steps}"
     )
     _require(
         t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,

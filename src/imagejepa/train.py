@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import budget
 from . import checkpoint as ckpt
 from .config import Config, ConfigError, check_batch_split, mask_settings, world_size_from_env
 from .data import DataError, TrainLoader, TrainTransform, build_dataset, channel_stats, check_data_path
@@ -35,7 +36,7 @@ from .monitor import CollapseMonitor
 from .optim import build_optimizer, set_lr_and_wd
 from .preempt import Preempted, StopSignals
 from .runtime import autocast, resolve_device, resolve_precision
-from .schedules import Schedules
+from .schedules import Schedules, schedule_steps
 
 METRIC_COLUMNS = (
     "step", "epoch", "loss", "lr", "weight_decay", "ema", "target_std", "pred_std",
@@ -73,8 +74,16 @@ class Trainer:
             raise ConfigError(
                 f"data.batch_size={batch} is larger than the dataset ({len(self.dataset)} images)"
             )
-        self.total_steps = int(cfg.optim.epochs * self.steps_per_epoch)
-        self.schedules = Schedules.from_config(cfg.optim, self.steps_per_epoch)
+        # With a time budget the length is provisional (optim.epochs' worth, the most the
+        # budget may give) until the hold steps have been timed; see budget.py.
+        self.total_steps = schedule_steps(cfg.optim, self.steps_per_epoch)
+        self.hold_steps = budget.HOLD_STEPS if cfg.train.budget_minutes is not None else 0
+        if self.hold_steps and self.total_steps <= self.hold_steps:
+            raise ConfigError(
+                f"train.budget_minutes: the schedule has only {self.total_steps} steps, not more than "
+                f"the {self.hold_steps} the trainer times before fixing its length; raise optim.epochs"
+            )
+        self.schedules = Schedules.from_config(cfg.optim, self.steps_per_epoch, self.hold_steps)
 
         torch.manual_seed(cfg.train.seed)
         self.model = build_ijepa(cfg).to(self.device)
@@ -186,10 +195,16 @@ class Trainer:
         cfg = self.cfg.train
         stop = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
         self._prepare_run_dir()
+        clock = None
+        length = f"steps {self.step} -> {stop} of {self.total_steps}"
+        if cfg.budget_minutes is not None and self.cfg.optim.total_steps is None:
+            clock = budget.BudgetClock(cfg.budget_minutes, self.total_steps, self.step)
+            length = (f"schedule fitted to {cfg.budget_minutes:g} min after {self.hold_steps} timed steps "
+                      f"(at most {self.total_steps})")
         self.log(
             f"imagejepa: {self.cfg.model.arch}/{self.cfg.model.patch_size} on "
             f"{self.cfg.data.dataset} ({len(self.dataset)} images), {self.device} {self.precision}, "
-            f"steps {self.step} -> {stop} of {self.total_steps}, run dir {self.run_dir}"
+            f"{length}, run dir {self.run_dir}"
         )
         start_time = last_ckpt_time = time.perf_counter()
         last = {}
@@ -215,6 +230,12 @@ class Trainer:
                     self.warn(warning)
                 self.step += 1
                 bar.update(1)
+                fixed = clock.finished(self.step, time.perf_counter()) if clock else None
+                if fixed is not None:
+                    bar.clear()  # the message goes above the bar
+                    stop = self._fix_schedule_length(fixed, clock.steps_per_s)
+                    bar.total = stop
+                    bar.refresh()
                 if self.step % cfg.log_every == 0 or self.step == stop or signals.received:
                     f.flush()
                     bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
@@ -244,6 +265,21 @@ class Trainer:
             raise Preempted(signals.received, self.step, path)
         self.log(f"imagejepa: saved {path}")
         return last
+
+    def _fix_schedule_length(self, steps: int, steps_per_s: float) -> int:
+        """Fix the budgeted schedule at ``steps`` and record it in config.yaml (and in every
+        checkpoint's meta from now on), so that ``--resume`` continues the same schedule.
+        Returns the step to stop at."""
+        self.cfg.optim.total_steps = self.total_steps = steps
+        self.schedules = Schedules.from_config(self.cfg.optim, self.steps_per_epoch, self.hold_steps)
+        ckpt.atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        self.log(
+            f"imagejepa: {steps_per_s:.2f} steps/s over the first {self.hold_steps} steps: the schedule "
+            f"is fixed at {steps} steps ({steps / self.steps_per_epoch:.2f} epochs) to end within "
+            f"{self.cfg.train.budget_minutes:g} min"
+        )
+        max_steps = self.cfg.train.max_steps
+        return steps if max_steps is None else min(steps, max_steps)
 
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
