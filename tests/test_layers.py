@@ -149,3 +149,28 @@ def test_attention_cpu_bf16_uses_written_out_path(monkeypatch):
     plain = Attention(32, num_heads=2, use_sdpa=False).to(torch.bfloat16)
     plain.load_state_dict(attn.state_dict())
     assert torch.equal(out_bf16, plain(x.to(torch.bfloat16)))
+
+
+def test_block_inference_in_place_gives_the_training_values_and_keeps_its_input():
+    """Without gradients the block adds and applies GELU in place, on its own tensors only."""
+    torch.manual_seed(0)
+    block = Block(32, num_heads=4, mlp_hidden_dim=128).eval()
+    x = torch.randn(2, 9, 32)
+    kept = x.clone()
+    with torch.no_grad():
+        fast = block(x)
+    assert torch.equal(x, kept) and fast.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(fast, block(x).detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_block_queries_from_computes_only_the_kept_tokens(grad):
+    """``queries_from=s``: the outputs of tokens s: alone, equal to the full block's."""
+    torch.manual_seed(0)
+    block = Block(32, num_heads=4, mlp_hidden_dim=128)
+    x = torch.randn(3, 11, 32)
+    with torch.set_grad_enabled(grad):
+        tail = block(x, queries_from=7)
+        full = block(x)[:, 7:]
+    assert tail.shape == (3, 4, 32)
+    torch.testing.assert_close(tail, full, rtol=1e-5, atol=1e-6)

@@ -94,3 +94,24 @@ def test_pos_embed_and_mask_token_init():
     predictor.set_grid((2, 8))
     assert predictor.pos_embed.shape == (1, 16, 64)
     torch.testing.assert_close(predictor.pos_embed[0], sincos_2d(64, 2, 8))
+
+
+def test_matches_the_written_out_definition(inputs):
+    """Every block over every token of each [context, mask tokens] sequence, then the mask
+    tokens' outputs: what the predictor computes (its last block only for the mask tokens)."""
+    predictor = make_predictor()
+    context, context_idx, target_idx = inputs
+    B, T, Kt = target_idx.shape
+    pos = predictor.pos_embed[0]
+    sequences = []
+    for b in range(B):
+        for t in range(T):
+            ctx = predictor.predictor_embed(context[b]) + pos[context_idx[b]]
+            masks = predictor.mask_token[0] + pos[target_idx[b, t]]
+            sequences.append(torch.cat([ctx, masks]))
+    x = torch.stack(sequences)
+    for block in predictor.predictor_blocks:
+        x = x + block.attn(block.norm1(x))
+        x = x + block.mlp(block.norm2(x))
+    expected = predictor.predictor_proj(predictor.predictor_norm(x[:, -Kt:])).reshape(B, T, Kt, D)
+    torch.testing.assert_close(predictor(context, context_idx, target_idx), expected, rtol=1e-5, atol=1e-6)

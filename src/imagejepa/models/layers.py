@@ -66,15 +66,25 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries_from: int = 0) -> torch.Tensor:
+        """``(B, N, D) -> (B, N - queries_from, D)``: with ``queries_from=s`` only tokens ``s:``
+        are computed (they still attend to all N), for callers that keep only those."""
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        heads = self.num_heads
+        if queries_from:  # queries of the kept tokens, keys and values of all
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, queries_from:], w[:D], b[:D]).reshape(B, N - queries_from, 1, heads, D // heads)
+            kv = F.linear(x, w[D:], b[D:]).reshape(B, N, 2, heads, D // heads)
+            q = q.permute(2, 0, 3, 1, 4)[0]
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            qkv = self.qkv(x).reshape(B, N, 3, heads, D // heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
         if self.use_sdpa and not (q.device.type == "cpu" and q.dtype == torch.bfloat16):
             x = F.scaled_dot_product_attention(q, k, v)
         else:
             x = plain_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        return self.proj(x.transpose(1, 2).reshape(B, q.shape[2], D))
 
 
 class Mlp(nn.Module):
@@ -87,7 +97,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.fc1(x)
+        if _plain_inference(h):  # GELU in place: no second (..., hidden) buffer to allocate and fill
+            return self.fc2(torch.ops.aten.gelu_(h))
+        return self.fc2(self.act(h))
 
 
 class Block(nn.Module):
@@ -103,11 +116,24 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_hidden_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and cpu_bf16.active(x):  # eval-mode inference under bf16 autocast on CPU
+    def forward(self, x: torch.Tensor, queries_from: int = 0) -> torch.Tensor:
+        """``(B, N, D) -> (B, N - queries_from, D)``: ``queries_from=s`` computes only the
+        outputs of tokens ``s:`` (attending to all N), the same values as ``forward(x)[:, s:]``
+        at a fraction of the cost when few tokens are kept (the predictor's last block)."""
+        if queries_from:
+            x = x[:, queries_from:] + self.attn(self.norm1(x), queries_from)
+        elif not self.training and cpu_bf16.active(x):  # eval-mode inference under bf16 autocast on CPU
             return cpu_bf16.block_forward(self, x)
-        x = x + self.attn(self.norm1(x))
+        else:
+            x = x + self.attn(self.norm1(x))
+        if _plain_inference(x):  # x is our own tensor by now (the input is left alone): add in place
+            return x.add_(self.mlp(self.norm2(x)))
         return x + self.mlp(self.norm2(x))
+
+
+def _plain_inference(x: torch.Tensor) -> bool:
+    """No gradients and no autocast: tensors may be updated in place, in their own dtype."""
+    return not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
