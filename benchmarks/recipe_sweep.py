@@ -8,8 +8,8 @@ CPU demo's wall-clock budget on a faster machine, give each variant the number o
 the CPU would reach in that budget (``optim.epochs``), measured from its CPU img/s.
 
 Each run is probed on the data's test split with the linear probe: target encoder (last
-layer and last 4 layers) and context encoder (last layer). Used to choose the demo recipe;
-the ablation is recorded in benchmarks/README.md.
+layer and last 4 layers) and, with ``--context``, the context encoder (last layer). Used to
+choose the demo recipe; the ablation is recorded in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 
-def probe_run(run_dir: str, data: str) -> dict:
+def probe_run(run_dir: str, data: str, encoders=("target",)) -> dict:
     """Linear probes of one finished run (runs in its own process)."""
     import torch
 
@@ -41,7 +41,7 @@ def probe_run(run_dir: str, data: str) -> dict:
     precision = resolve_precision("auto", device)
     train, test = build_dataset(data, train=True), build_dataset(data, train=False)
     out = {}
-    for which in ("target", "context"):
+    for which in encoders:
         encoder, pre = load_encoder(run_dir, which=which)
         transform = EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std)
         kw = dict(device=device, precision=precision, last_layers=4, progress=False)
@@ -67,7 +67,8 @@ def run_variant(name: str, spec: dict, args) -> dict:
     if done.returncode != 0:
         return {"name": name, "error": done.stderr.strip().splitlines()[-1:]}
     train_s = time.time() - t0
-    probed = subprocess.run([sys.executable, __file__, "--probe", str(run_dir), "--data", args.data],
+    probed = subprocess.run([sys.executable, __file__, "--probe", str(run_dir), "--data", args.data,
+                             *(["--context"] if args.context else [])],
                             env=env, capture_output=True, text=True)
     if probed.returncode != 0:
         return {"name": name, "error": probed.stderr.strip().splitlines()[-3:]}
@@ -94,10 +95,12 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every variant (before the variant's own)")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    p.add_argument("--context", action="store_true", help="also probe the context encoder")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.probe:
-        print(json.dumps(probe_run(args.probe, args.data)))
+        encoders = ("target", "context") if args.context else ("target",)
+        print(json.dumps(probe_run(args.probe, args.data, encoders)))
         return
     variants = yaml.safe_load(Path(args.variants).read_text())
     with ThreadPoolExecutor(args.parallel) as pool:
