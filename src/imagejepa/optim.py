@@ -24,8 +24,9 @@ def param_groups(*modules: nn.Module) -> list[dict]:
 
 
 def build_optimizer(*modules: nn.Module, lr: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over ``modules``; the fused kernel on CUDA, foreach elsewhere."""
-    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    """AdamW over ``modules`` with the fused kernel (one pass over each parameter) on CUDA and
+    CPU; foreach kernels on other devices."""
+    kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(param_groups(*modules), lr=lr, betas=(0.9, 0.999), **kwargs)
 
 
