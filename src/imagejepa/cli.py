@@ -170,17 +170,17 @@ def _check_fresh(run_dir: Path) -> None:
 def _check_same_run(cfg, run_dir: Path) -> None:
     """Resuming with another model, data, mask or optimiser setting would not continue the run.
 
-    A schedule length that the run's time budget fixed (``optim.total_steps`` in its
-    config.yaml) is taken into ``cfg`` when ``cfg`` has a budget and no length of its own."""
+    The fits of the schedule's length that the run's time budget made (``optim.schedule_fits``
+    in its config.yaml) are taken into ``cfg`` when ``cfg`` has a budget and no fits of its own."""
     from .config import load_config
 
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         raise UsageError(f"--resume: {saved_path} not found; is {run_dir} a run folder?")
     saved = load_config(saved_path).to_dict()
-    if cfg.train.budget_minutes is not None and cfg.optim.total_steps is None:
-        # The length a time budget fixed is part of the run: continue that schedule.
-        cfg.optim.total_steps = saved["optim"]["total_steps"]
+    if cfg.train.budget_minutes is not None and cfg.optim.schedule_fits is None:
+        # The lengths a time budget fitted are part of the run: continue that schedule.
+        cfg.optim.schedule_fits = saved["optim"]["schedule_fits"]
     current = cfg.to_dict()
     changed = [
         f"{section}.{key}"

@@ -68,9 +68,11 @@ class OptimConfig:
     grad_accum: int = 1
     loss: str = "smooth_l1"  # smooth_l1 (official code) | l2 (paper)
     ipe_scale: float = 1.0  # schedules span ipe_scale x the training steps (official option)
-    # The schedules' length in steps, replacing epochs x steps per epoch: set by hand, or
-    # fixed (and written into the run's config.yaml) by train.budget_minutes.
+    # The schedules' length in steps, replacing epochs x steps per epoch.
     total_steps: int | None = None
+    # Written by train.budget_minutes, not by hand: the fits [from_step, total_steps] of the
+    # schedule's length to the measured speed so far (see budget.py).
+    schedule_fits: list[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -79,8 +81,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (schedules still span optim.epochs)
     max_minutes: float | None = None  # a hard stop, wherever the schedules are
     # Fit the whole schedule (warm-up, cosine, EMA and weight-decay ramps) into this many
-    # minutes: the trainer measures its speed, then fixes optim.total_steps (at most
-    # optim.epochs' worth).
+    # minutes of training: its length follows the measured speed (at most optim.epochs).
     budget_minutes: float | None = None
     checkpoint_every_steps: int | None = 1000
     checkpoint_every_minutes: float | None = 30.0
@@ -144,6 +145,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -309,6 +315,22 @@ def validate(cfg: Config) -> None:
     _require(
         o.total_steps is None or o.total_steps >= 1, f"optim.total_steps must be >= 1, got {o.total_steps}"
     )
+    _require(
+        t.budget_minutes is None or o.total_steps is None,
+        "optim.total_steps and train.budget_minutes both set the schedule's length; set one of them",
+    )
+    if o.schedule_fits is not None:
+        _require(
+            t.budget_minutes is not None,
+            "optim.schedule_fits is written by train.budget_minutes; without a budget use optim.total_steps",
+        )
+        starts = [start for start, _ in o.schedule_fits]
+        _require(
+            bool(starts) and starts[0] == 0 and starts == sorted(set(starts))
+            and all(total > start for start, total in o.schedule_fits),
+            f"optim.schedule_fits must be [[0, total], [step, total], ...] with increasing steps, each "
+            f"before its total; got {o.schedule_fits}",
+        )
     _require(
         t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
         f"train.checkpoint_every_steps must be >= 1, got {t.checkpoint_every_steps}",

@@ -74,16 +74,21 @@ class Trainer:
             raise ConfigError(
                 f"data.batch_size={batch} is larger than the dataset ({len(self.dataset)} images)"
             )
-        # With a time budget the length is provisional (optim.epochs' worth, the most the
-        # budget may give) until the hold steps have been timed; see budget.py.
-        self.total_steps = schedule_steps(cfg.optim, self.steps_per_epoch)
-        self.hold_steps = budget.HOLD_STEPS if cfg.train.budget_minutes is not None else 0
-        if self.hold_steps and self.total_steps <= self.hold_steps:
-            raise ConfigError(
-                f"train.budget_minutes: the schedule has only {self.total_steps} steps, not more than "
-                f"the {self.hold_steps} the trainer times before fixing its length; raise optim.epochs"
-            )
-        self.schedules = Schedules.from_config(cfg.optim, self.steps_per_epoch, self.hold_steps)
+        # With a time budget the length is fitted to the measured speed as the run goes
+        # (budget.py), starting from optim.epochs' worth: the most the budget may give.
+        self.max_steps = schedule_steps(cfg.optim, self.steps_per_epoch)
+        fits = ()
+        if cfg.train.budget_minutes is not None:
+            if self.max_steps <= budget.FIRST_FIT_STEP:
+                raise ConfigError(
+                    f"train.budget_minutes: optim.epochs gives only {self.max_steps} steps, not more than "
+                    f"the {budget.FIRST_FIT_STEP} the trainer times before fitting the schedule to the "
+                    "budget; raise optim.epochs"
+                )
+            fits = cfg.optim.schedule_fits or [(0, self.max_steps)]
+        self.schedules = Schedules.from_config(cfg.optim, self.steps_per_epoch, fits)
+        self.total_steps = self.schedules.total_steps if fits else self.max_steps
+        self.train_seconds = 0.0  # training time of the run so far, earlier processes included
 
         torch.manual_seed(cfg.train.seed)
         self.model = build_ijepa(cfg).to(self.device)
@@ -195,18 +200,19 @@ class Trainer:
         cfg = self.cfg.train
         stop = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
         self._prepare_run_dir()
-        clock = None
-        length = f"steps {self.step} -> {stop} of {self.total_steps}"
-        if cfg.budget_minutes is not None and self.cfg.optim.total_steps is None:
-            clock = budget.BudgetClock(cfg.budget_minutes, self.total_steps, self.step)
-            length = (f"schedule fitted to {cfg.budget_minutes:g} min after {self.hold_steps} timed steps "
-                      f"(at most {self.total_steps})")
+        clock, length = None, f"steps {self.step} -> {stop} of {self.total_steps}"
+        if cfg.budget_minutes is not None:
+            clock = budget.BudgetClock(cfg.budget_minutes, self.max_steps, self.step,
+                                       self.schedules.fits, self.train_seconds)
+            length = (f"steps {self.step} -> the schedule's end, fitted to {cfg.budget_minutes:g} min of "
+                      f"training (at most {self.max_steps})")
         self.log(
             f"imagejepa: {self.cfg.model.arch}/{self.cfg.model.patch_size} on "
             f"{self.cfg.data.dataset} ({len(self.dataset)} images), {self.device} {self.precision}, "
             f"{length}, run dir {self.run_dir}"
         )
         start_time = last_ckpt_time = time.perf_counter()
+        seconds_before = self.train_seconds
         last = {}
         bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
                    dynamic_ncols=True, mininterval=1.0)
@@ -229,11 +235,12 @@ class Trainer:
                 if warning:
                     self.warn(warning)
                 self.step += 1
+                self.train_seconds = seconds_before + time.perf_counter() - start_time
                 bar.update(1)
-                fixed = clock.finished(self.step, time.perf_counter()) if clock else None
-                if fixed is not None:
-                    bar.clear()  # the message goes above the bar
-                    stop = self._fix_schedule_length(fixed, clock.steps_per_s)
+                fits = clock.observe(self.step, self.train_seconds) if clock else None
+                if fits is not None:
+                    bar.clear()  # a message goes above the bar
+                    stop = self._refit(fits, clock.steps_per_s)
                     bar.total = stop
                     bar.refresh()
                 if self.step % cfg.log_every == 0 or self.step == stop or signals.received:
@@ -259,6 +266,9 @@ class Trainer:
             f.flush()
             # Still inside StopSignals: a SIGTERM now must not interrupt the final save.
             path = self.save()
+        if clock is not None and len(self.schedules.fits) > 2:
+            self.log(f"imagejepa: the schedule was refitted {len(self.schedules.fits) - 2} time(s) to the "
+                     f"speed; it ends at step {self.total_steps}, {self.train_seconds / 60:.1f} min trained")
         if self.bad_files:
             self.log(f"imagejepa: skipped {len(self.bad_files)} unreadable image file(s), named above")
         if signals.received:
@@ -266,20 +276,22 @@ class Trainer:
         self.log(f"imagejepa: saved {path}")
         return last
 
-    def _fix_schedule_length(self, steps: int, steps_per_s: float) -> int:
-        """Fix the budgeted schedule at ``steps`` and record it in config.yaml (and in every
-        checkpoint's meta from now on), so that ``--resume`` continues the same schedule.
-        Returns the step to stop at."""
-        self.cfg.optim.total_steps = self.total_steps = steps
-        self.schedules = Schedules.from_config(self.cfg.optim, self.steps_per_epoch, self.hold_steps)
+    def _refit(self, fits: list[tuple[int, int]], steps_per_s: float) -> int:
+        """Follow the budgeted schedule along ``fits`` from now on, and record them in
+        config.yaml (and in every checkpoint's meta from now on) so that ``--resume``
+        continues the same schedule. Returns the step to stop at."""
+        self.cfg.optim.schedule_fits = fits
+        self.schedules = Schedules.from_config(self.cfg.optim, self.steps_per_epoch, fits)
+        self.total_steps = self.schedules.total_steps
         ckpt.atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
-        self.log(
-            f"imagejepa: {steps_per_s:.2f} steps/s over the first {self.hold_steps} steps: the schedule "
-            f"is fixed at {steps} steps ({steps / self.steps_per_epoch:.2f} epochs) to end within "
-            f"{self.cfg.train.budget_minutes:g} min"
-        )
+        if len(fits) == 2:
+            self.log(
+                f"imagejepa: {steps_per_s:.2f} steps/s: the schedule ends at step {self.total_steps} "
+                f"({self.total_steps / self.steps_per_epoch:.2f} epochs) to fit "
+                f"{self.cfg.train.budget_minutes:g} min; refitted to the speed up to 9/10 of the way"
+            )
         max_steps = self.cfg.train.max_steps
-        return steps if max_steps is None else min(steps, max_steps)
+        return self.total_steps if max_steps is None else min(self.total_steps, max_steps)
 
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -316,6 +328,7 @@ class Trainer:
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "train_seconds": self.train_seconds,
         }
         meta = {
             "step": self.step,
@@ -358,6 +371,7 @@ class Trainer:
         state = ckpt.load_train_state(folder)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.step = int(state["step"])
         self.last_checkpoint = folder
         self.log(f"imagejepa: resumed from {folder} at step {self.step}")
