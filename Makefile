@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data demo test test-fast bench bench-quality lint clean
+.PHONY: install data demo test test-fast test-avx2 bench bench-quality lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: install data
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The suite as a CPU with AVX2 only sees it (PyTorch, oneDNN and MKL capped at AVX2): on a
+# machine with AVX512 this runs the other CPU path (fp32 by default, no packed bf16 kernels).
+test-avx2: install data
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -q
 
 bench: install
 	$(VENV)/bin/imagejepa bench masks

@@ -72,6 +72,16 @@ def test_bench_masks_json(capsys):
     report = last_json(capsys.readouterr().out)
     assert report["bench"] == "masks" and report["vectorised_samples_per_s"] > 0
     assert report["speedup"] > 1
+    assert_names_the_machine(report)
+
+
+def assert_names_the_machine(report):
+    """Figures from two machines are never compared blindly: each JSON names the CPU."""
+    from imagejepa.utils import cpu
+
+    found = cpu.features()
+    assert report["cpu_isa"] == found["isa"]
+    assert set(report["cpu_features"]) == {k for k, v in found.items() if v is True}
 
 
 def test_info_counts_vit_huge(capsys):
@@ -90,6 +100,9 @@ def test_bench_train_reports_roofline(capsys):
     # ViT-T/16 at 224 with 4 targets: about 10 GFLOP per image for forward + backward.
     assert 8e9 < report["flops_per_img"] < 13e9
     assert report["roofline_fraction"] < 1.5
+    assert_names_the_machine(report)
+    dtype = "bfloat16" if report["precision"] == "bf16" else "float32"
+    assert report["matmul_peak_of"].startswith(f"sustained {dtype}")
 
 
 def test_info_knows_released_checkpoints(capsys):
@@ -128,6 +141,8 @@ def test_bench_embed_reports_both_libraries(capsys):
     assert report["img_per_s"] > 0 and report["reference_img_per_s"] > 0
     assert report["speedup"] == pytest.approx(report["img_per_s"] / report["reference_img_per_s"], rel=0.01)
     assert 0 < report["roofline_fraction"] and report["flops_per_img"] > 0
+    assert_names_the_machine(report)
+    assert "float32 torch.matmul" in report["matmul_peak_of"]
     assert report["max_abs_diff"] <= 1e-4  # the same weights and inputs: the same patch tokens
     assert "IJepaModel (sdpa)" in report["reference"]
     assert main(["bench", "embed", "--img-size", "30", "--model", "vit_tiny_patch16"]) == 2

@@ -204,6 +204,7 @@ def bench_masks(batch_size: int = 2048, grid: int = 16, repeats: int = 20) -> di
     slow = batch_size / (time.perf_counter() - t)
     return {
         "bench": "masks",
+        **machine_report(torch.device("cpu")),
         "batch_size": batch_size,
         "grid": f"{grid}x{grid}",
         "vectorised_samples_per_s": round(fast),

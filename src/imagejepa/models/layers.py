@@ -133,7 +133,12 @@ class Block(nn.Module):
 
 def _plain_inference(x: torch.Tensor) -> bool:
     """No gradients and no autocast: tensors may be updated in place, in their own dtype."""
-    return not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+    if torch.is_grad_enabled():
+        return False
+    try:
+        return not torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know ('meta'): nothing is cast there
+        return True
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
