@@ -18,7 +18,6 @@ older complete one is used instead only when the caller asks for it (``fallback=
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -31,34 +30,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
+from .utils.files import atomic_write_text, fsync_dir, fsync_file, sha256_of
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "train_state.pt", "meta.json"
 MANIFEST, LATEST = "manifest.json", "latest"
 DATA_FILES = (MODEL_FILE, STATE_FILE, META_FILE)
 PLAIN_TYPES = (bool, int, float, str, type(None), torch.Tensor)
-
-
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_name(step: int) -> str:
@@ -106,14 +83,14 @@ def save_checkpoint(
         torch.save(train_state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         for name in DATA_FILES:
-            _fsync_file(tmp / name)
+            fsync_file(tmp / name)
         write_manifest(tmp, step, DATA_FILES)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # a re-save of the same step: move the old one aside first
             replaced = checkpoints_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
             os.rename(final, replaced)
         os.rename(tmp, final)
-        _fsync_dir(checkpoints_dir)
+        fsync_dir(checkpoints_dir)
         _point_latest(checkpoints_dir, final.name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -125,25 +102,6 @@ def save_checkpoint(
     if keep_last:
         prune(checkpoints_dir, keep_last, keep_every, keep=final.name)
     return final
-
-
-def atomic_write(path: Path, write) -> None:
-    """Replace ``path`` with what ``write(tmp_path)`` writes, so that a crash leaves either
-    the old or the new file (the temporary name carries the pid: writers may race)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _point_latest(checkpoints_dir: Path, name: str) -> None:
@@ -211,7 +169,7 @@ def write_manifest(folder: Path, step: int, names) -> None:
     files = {name: {"size": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)}
              for name in names}
     (folder / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
-    _fsync_file(folder / MANIFEST)
+    fsync_file(folder / MANIFEST)
 
 
 def verify_checkpoint(folder: Path) -> None:

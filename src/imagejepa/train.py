@@ -37,6 +37,7 @@ from .optim import build_optimizer, set_lr_and_wd
 from .preempt import Preempted, StopSignals
 from .runtime import autocast, resolve_device, resolve_precision
 from .schedules import Schedules, schedule_steps
+from .utils.files import atomic_write_text
 
 METRIC_COLUMNS = (
     "step", "epoch", "loss", "lr", "weight_decay", "ema", "target_std", "pred_std",
@@ -283,7 +284,7 @@ class Trainer:
         self.cfg.optim.schedule_fits = fits
         self.schedules = Schedules.from_config(self.cfg.optim, self.steps_per_epoch, fits)
         self.total_steps = self.schedules.total_steps
-        ckpt.atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         if len(fits) == 2:
             self.log(
                 f"imagejepa: {steps_per_s:.2f} steps/s: the schedule ends at step {self.total_steps} "
@@ -297,7 +298,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
         # Both files are replaced atomically: a kill here must not spoil the next --resume.
-        ckpt.atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         metrics = self.run_dir / "metrics.csv"
         rows = []
         if metrics.exists():  # keep only rows of steps before the one we continue from
@@ -307,7 +308,7 @@ class Trainer:
         writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        ckpt.atomic_write_text(metrics, text.getvalue())
+        atomic_write_text(metrics, text.getvalue())
 
     def _recover(self) -> None:
         tidied = ckpt.recover(self.run_dir / "checkpoints")

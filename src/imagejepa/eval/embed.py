@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write
+from ..utils.files import atomic_write
 from .features import FeatureExtractor, FeatureRequest
 
 

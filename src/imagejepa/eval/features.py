@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write, sha256_of
 from ..data import EvalTransform, eval_batches
 from ..models import Encoder
 from ..runtime import autocast
+from ..utils.files import atomic_write, sha256_of
 
 SOURCES = ("target", "context", "random", "pixels")
 CACHE_VERSION = 1  # bump when extraction changes, so old cache entries are not reused

@@ -29,7 +29,7 @@ def format_table(report: dict) -> str:
 
 def write_report(report: dict, path: str | Path) -> None:
     """Write the JSON report atomically (a crash never leaves half a file)."""
-    from ..checkpoint import atomic_write_text
+    from ..utils.files import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

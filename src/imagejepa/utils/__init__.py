@@ -1,1 +1,2 @@
-"""Small shared helpers that know nothing of I-JEPA: CPU capabilities, ..."""
+"""Small shared helpers that know nothing of I-JEPA: CPU capabilities (cpu), atomic files and
+content hashes (files)."""
