@@ -40,14 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from imagejepa.bench import (
-    STANDARD_TRAIN,
-    _sync,
-    count_train_flops,
-    machine_report,
-    matmul_peak_tflops,
-    peak_description,
-)
+from imagejepa.bench.flops import count_train_flops
+from imagejepa.bench.roofline import machine_report, matmul_peak_tflops, peak_description, sync
+from imagejepa.bench.train import STANDARD_TRAIN
 from imagejepa.config import from_dict, mask_settings
 from imagejepa.jepa import build_ijepa
 from imagejepa.masking import Masks, MultiBlockMaskSampler
@@ -184,10 +179,10 @@ def main(argv=None) -> None:
     times, last_loss = {"ours": [], "official": []}, {}
     for i, k in enumerate(masks):
         for side, step in (("ours", step_ours), ("official", step_official)):
-            _sync(dev)
+            sync(dev)
             t = time.perf_counter()
             last_loss[side] = step(k)
-            _sync(dev)
+            sync(dev)
             if i >= args.warmup:
                 times[side].append(time.perf_counter() - t)
 

@@ -7,7 +7,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from imagejepa.bench import loop_masks
+from imagejepa.bench.masks import loop_masks
 from imagejepa.masking import MaskError, Masks, MaskSettings, MultiBlockMaskSampler
 
 GRID = (14, 14)

@@ -246,12 +246,12 @@ def cmd_embed(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from . import bench
-
     if args.what == "train":
-        _print_json(bench.bench_train(args.steps, args.warmup, args.device, args.precision))
+        from .bench.train import bench_train
+
+        _print_json(bench_train(args.steps, args.warmup, args.device, args.precision))
     elif args.what == "embed":
-        from .bench_embed import bench_embed
+        from .bench.embed import bench_embed
 
         arch, patch = _parse_model(args.model)
         for key in ("batch_size", "steps", "img_size"):
@@ -264,7 +264,9 @@ def cmd_bench(args) -> None:
         _print_json(bench_embed(arch, patch, args.img_size, args.batch_size, args.steps, args.warmup,
                                 args.precision, args.device, args.depth))
     else:
-        _print_json(bench.bench_masks(args.batch_size, args.grid))
+        from .bench.masks import bench_masks
+
+        _print_json(bench_masks(args.batch_size, args.grid))
 
 
 def _parse_model(name: str) -> tuple[str, int]:
@@ -279,7 +281,7 @@ def _parse_model(name: str) -> tuple[str, int]:
 
 
 def cmd_info(args) -> None:
-    from .bench import model_info
+    from .bench.flops import model_info
     from .registry import RELEASES
 
     if args.model in RELEASES:

@@ -16,11 +16,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .bench import _sync, machine_report, matmul_peak_tflops, peak_description
-from .errors import MissingDependencyError
-from .keymaps import encoder_to_hf, hf_layout
-from .models import Encoder
-from .runtime import autocast, resolve_device, resolve_precision
+from ..errors import MissingDependencyError
+from ..keymaps import encoder_to_hf, hf_layout
+from ..models import Encoder
+from ..runtime import autocast, resolve_device, resolve_precision
+from .roofline import machine_report, matmul_peak_tflops, peak_description, sync
 
 
 def hf_twin(encoder: Encoder, attn_implementation: str = "sdpa"):
@@ -73,10 +73,10 @@ def bench_embed(arch: str = "vit_huge", patch_size: int = 14, img_size: int = 22
 
     def timed(name: str) -> tuple[float, torch.Tensor]:
         with torch.no_grad(), autocast(dev, prec):
-            _sync(dev)
+            sync(dev)
             t = time.perf_counter()
             out = runners[name]()
-            _sync(dev)
+            sync(dev)
         return time.perf_counter() - t, out
 
     D, tokens = ours.embed_dim, batch_size * ours.num_patches
