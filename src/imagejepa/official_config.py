@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .config import ConfigError
+from .errors import ConfigError
 
 OFFICIAL_SECTIONS = {"meta", "data", "mask", "optimization", "logging"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import BadImageError, DataError, ImageFolderDataset, TensorImageDataset, channel_stats
 from .loader import TrainLoader, eval_batches
 from .transforms import EvalTransform, TrainTransform

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import cpu
+from .softmax_attention import plain_attention
 
 
 def active(x: torch.Tensor) -> bool:
@@ -90,8 +91,6 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tenso
 
 def block_forward(block, x: torch.Tensor) -> torch.Tensor:
     """A pre-norm :class:`~imagejepa.models.layers.Block` on the fast path: ``(B, N, D) -> (B, N, D)``."""
-    from .layers import plain_attention
-
     attn = block.attn
     B, N, D = x.shape
     with torch.autocast("cpu", enabled=False):  # dtypes are explicit below

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_bf16
+from .softmax_attention import plain_attention
 
 LAYER_NORM_EPS = 1e-6
 
@@ -36,15 +37,6 @@ class PatchEmbed(nn.Module):
         # transposed layout, and each LayerNorm and matmul would copy it back (measured: ~7%
         # of a ViT-H/14 forward on CPU).
         return self.proj(images).flatten(2).transpose(1, 2).contiguous()
-
-
-def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention written out; the reference that SDPA is tested against.
-
-    q, k, v: ``(B, heads, N, head_dim)`` -> ``(B, heads, N, head_dim)``.
-    """
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # scale the smaller operand
-    return scores.softmax(dim=-1) @ v
 
 
 class Attention(nn.Module):
