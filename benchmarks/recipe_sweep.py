@@ -34,7 +34,7 @@ def probe_run(run_dir: str, data: str, encoders=("target",)) -> dict:
     from imagejepa.data import EvalTransform, build_dataset
     from imagejepa.eval.features import extract_features
     from imagejepa.eval.linear import linear_probe
-    from imagejepa.loading import load_encoder
+    from imagejepa.interop.loading import load_encoder
     from imagejepa.runtime import resolve_device, resolve_precision
 
     device = resolve_device("auto")

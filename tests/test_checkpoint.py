@@ -11,8 +11,8 @@ import torch
 
 from imagejepa import checkpoint as ckpt
 from imagejepa.config import from_dict
+from imagejepa.interop.loading import load_encoder
 from imagejepa.jepa import build_ijepa
-from imagejepa.loading import load_encoder
 
 
 def sample_tensors(step: int = 0) -> dict[str, torch.Tensor]:

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from imagejepa import load_encoder
-from imagejepa.bundle import infer_encoder_spec, infer_predictor_spec
-from imagejepa.convert import ConvertError, convert, detect_format, read_model
-from imagejepa.keymaps import check_against, encoder_from_timm, strip_module_prefix
-from imagejepa.loading import load_pretrained
+from imagejepa.interop.bundle import infer_encoder_spec, infer_predictor_spec
+from imagejepa.interop.convert import ConvertError, convert, detect_format, read_model
+from imagejepa.interop.keymaps import check_against, encoder_from_timm, strip_module_prefix
+from imagejepa.interop.loading import load_pretrained
+from imagejepa.interop.registry import RELEASES, Release
 from imagejepa.models import Encoder, Predictor
 from imagejepa.models.pos_embed import sincos_2d
-from imagejepa.registry import RELEASES, Release
 
 from .helpers import official_save_dict, tiny_ijepa
 
@@ -153,7 +153,7 @@ def test_registry_name_loads_a_local_file(tmp_path, model, monkeypatch):
 
 
 def test_official_export_needs_both_encoders_and_the_predictor(tmp_path, official_file):
-    from imagejepa.export import ExportError
+    from imagejepa.interop.export import ExportError
 
     convert(official_file, tmp_path / "hf", to="hf")  # holds the target encoder only
     with pytest.raises(ExportError, match="lacks the context encoder and the predictor"):

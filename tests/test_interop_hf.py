@@ -12,7 +12,7 @@ import torch
 from transformers import IJepaConfig, IJepaModel  # test extra: pip install -e '.[test]'
 
 from imagejepa import load_encoder
-from imagejepa.convert import convert, read_model
+from imagejepa.interop.convert import convert, read_model
 from imagejepa.models import Encoder
 
 from .helpers import official_save_dict, tiny_ijepa

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from imagejepa import load_encoder
-from imagejepa.convert import convert, detect_format, read_model
-from imagejepa.export import ExportError
+from imagejepa.interop.convert import convert, detect_format, read_model
+from imagejepa.interop.export import ExportError
 
 from .helpers import official_save_dict, tiny_ijepa
 from .test_interop_hf import SHAPES, TOL, max_diff, our_encoder, shape_params

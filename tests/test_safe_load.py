@@ -10,7 +10,7 @@ import torch
 
 from imagejepa.cli import main
 from imagejepa.errors import UnreadableFileError, UnsafeFileError
-from imagejepa.safe_load import load_torch_file
+from imagejepa.interop.safe_load import load_torch_file
 
 from .helpers import official_save_dict, tiny_ijepa
 

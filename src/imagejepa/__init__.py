@@ -2,12 +2,12 @@
 
 The public API is small: models, the method, the mask sampler, config and trainer, and
 loaders for trained encoders (imagejepa checkpoints, official I-JEPA releases, Hugging Face
-and timm weights). Conversion between formats lives in :mod:`imagejepa.convert`.
+and timm weights). Conversion between formats lives in :mod:`imagejepa.interop.convert`.
 """
 
 from .config import Config, ConfigError, load_config
+from .interop.loading import Preprocess, load_encoder, load_pretrained
 from .jepa import IJEPA, build_encoder, build_ijepa
-from .loading import Preprocess, load_encoder, load_pretrained
 from .masking import Masks, MaskSettings, MultiBlockMaskSampler
 from .models import Encoder, Predictor
 

@@ -282,7 +282,7 @@ def _parse_model(name: str) -> tuple[str, int]:
 
 def cmd_info(args) -> None:
     from .bench.flops import model_info
-    from .registry import RELEASES
+    from .interop.registry import RELEASES
 
     if args.model in RELEASES:
         release = RELEASES[args.model]
@@ -296,7 +296,7 @@ def cmd_info(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from .convert import convert
+    from .interop.convert import convert
 
     if args.heads is not None and args.heads < 1:
         raise UsageError(f"--heads must be >= 1, got {args.heads}")

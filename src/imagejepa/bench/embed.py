@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import MissingDependencyError
-from ..keymaps import encoder_to_hf, hf_layout
+from ..interop.keymaps import encoder_to_hf, hf_layout
 from ..models import Encoder
 from ..runtime import autocast, resolve_device, resolve_precision
 from .roofline import machine_report, matmul_peak_tflops, peak_description, sync

@@ -145,7 +145,7 @@ def identify_source(source) -> tuple[str, str, int]:
     or timm folder or file, or a registry name (resolved to its local file)."""
     from .. import checkpoint as ckpt
     from ..config import from_dict
-    from ..registry import RELEASES, get_release, locate
+    from ..interop.registry import RELEASES, get_release, locate
 
     if str(source) in RELEASES:
         path = locate(get_release(str(source)))
@@ -203,7 +203,7 @@ class FeatureExtractor:
     def encoder(self, source: str) -> tuple[Encoder, EvalTransform]:
         """The encoder behind ``source`` (built once) and the preprocessing it expects."""
         if source not in self._encoders:
-            from ..loading import load_encoder
+            from ..interop.loading import load_encoder
 
             which = "context" if source == "context" else "target"
             encoder, pre = load_encoder(self.source, which=which)

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data.base import IMAGENET_MEAN, IMAGENET_STD
+from ..data.base import IMAGENET_MEAN, IMAGENET_STD
 
 BASE_URL = "https://dl.fbaipublicfiles.com/ijepa/"
 ENV_DIR = "IMAGEJEPA_CHECKPOINTS"  # a folder searched for the expected file names

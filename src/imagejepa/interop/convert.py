@@ -1,5 +1,5 @@
 """Read I-JEPA weights from any supported format: official ``.pth.tar``, imagejepa checkpoints,
-Hugging Face ``IJepaModel`` folders and timm state dicts (writers: :mod:`imagejepa.export`).
+Hugging Face ``IJepaModel`` folders and timm state dicts (writers: :mod:`imagejepa.interop.export`).
 
     official   a file: {"encoder", "predictor", "target_encoder", "opt", "scaler", "epoch", ...},
                keys with DDP's ``module.`` prefix; both encoders and the predictor
@@ -9,7 +9,7 @@ Hugging Face ``IJepaModel`` folders and timm state dicts (writers: :mod:`imageje
                dict file (.safetensors / .pth / .bin) in timm ``vit_*_gap`` names
 
 Every file is read with safetensors or ``torch.load(weights_only=True)``
-(:mod:`imagejepa.safe_load`). The architecture is inferred from the tensor shapes.
+(:mod:`imagejepa.interop.safe_load`). The architecture is inferred from the tensor shapes.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
+from ..data.base import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ConvertError, KeyMapError, UnreadableFileError
 from .bundle import PROVENANCE_FILE, ModelBundle, infer_encoder_spec, infer_predictor_spec
-from .data.base import IMAGENET_MEAN, IMAGENET_STD
-from .errors import ConvertError, KeyMapError, UnreadableFileError
 from .keymaps import (
     encoder_from_hf,
     encoder_from_timm,
@@ -133,7 +133,7 @@ def _check_predictor_positions(pred: dict, pred_spec: dict, spec: dict, path: Pa
 
 # -- imagejepa ----------------------------------------------------------------------------------
 def read_imagejepa(path: Path, num_heads: int | None = None) -> ModelBundle:
-    from .config import from_dict
+    from ..config import from_dict
 
     folder = ckpt.resolve_checkpoint(path)
     meta = ckpt.load_meta(folder)
@@ -144,7 +144,7 @@ def read_imagejepa(path: Path, num_heads: int | None = None) -> ModelBundle:
         spec, pred_spec = meta["encoder_spec"], meta.get("predictor_spec")
     else:  # written by the trainer: the config describes the model
         m = from_dict(meta["config"]).model
-        from .jepa import build_encoder
+        from ..jepa import build_encoder
 
         with torch.device("meta"):
             spec = build_encoder(m).spec()

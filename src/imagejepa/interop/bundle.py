@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..models import ARCHS, Encoder, Predictor
+from ..models.layers import LAYER_NORM_EPS
+from ..models.pos_embed import resample_grid, sincos_2d
 from .keymaps import KeyMapError, block_count, check_against, is_sincos
-from .models import ARCHS, Encoder, Predictor
-from .models.layers import LAYER_NORM_EPS
-from .models.pos_embed import resample_grid, sincos_2d
 
 ROLES = {"target": "target_encoder", "context": "encoder"}
 PROVENANCE_FILE = "imagejepa.json"  # beside HF / timm exports: which encoder, normalisation

@@ -3,15 +3,15 @@
 ``load_encoder(path_or_name, which="target")`` accepts an imagejepa run or checkpoint
 folder, an official I-JEPA ``.pth.tar``, a Hugging Face ``IJepaModel`` folder, a timm
 folder or state dict, or the name of a released checkpoint (``vit_huge_patch14.in1k``,
-see :mod:`imagejepa.registry`).
+see :mod:`imagejepa.interop.registry`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..models import Encoder
 from .bundle import Preprocess
-from .models import Encoder
 
 __all__ = ["Preprocess", "load_encoder", "load_pretrained"]
 from .registry import RELEASES, get_release, locate
@@ -44,7 +44,7 @@ def load_pretrained(
     """A released checkpoint by name (e.g. ``vit_huge_patch14.in1k``) from a local file.
 
     The file is found at ``path`` (a file or a folder holding the official file name) or in
-    the search folders of :func:`imagejepa.registry.search_dirs`; a missing file raises
+    the search folders of :func:`imagejepa.interop.registry.search_dirs`; a missing file raises
     ``FileNotFoundError`` naming the download URL. The architecture read from the file must
     be the one the name stands for.
     """

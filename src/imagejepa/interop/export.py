@@ -1,4 +1,4 @@
-"""Write a :class:`~imagejepa.bundle.ModelBundle` as an imagejepa checkpoint, a Hugging Face
+"""Write a :class:`~imagejepa.interop.bundle.ModelBundle` as an imagejepa checkpoint, a Hugging Face
 ``IJepaModel`` folder, a timm folder, or an official-layout ``.pth.tar``.
 
 - imagejepa: ``DST/model.safetensors`` (``encoder.``, ``target_encoder.``, ``predictor.``)
@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
+from ..errors import ExportError
+from ..models.pos_embed import sincos_2d
 from .bundle import PROVENANCE_FILE, ROLES, ModelBundle
-from .errors import ExportError
 from .keymaps import add_prefix, encoder_to_hf, encoder_to_timm, predictor_to_official
-from .models.pos_embed import sincos_2d
 
 
 def _atomic_folder(dst: Path, write) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import UnreadableFileError, UnsafeFileError
+from ..errors import UnreadableFileError, UnsafeFileError
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 PICKLE_MAGIC = b"\x80"  # the legacy format and raw pickles start with a PROTO opcode

@@ -21,8 +21,8 @@ import re
 
 import torch
 
-from .errors import KeyMapError
-from .models.pos_embed import sincos_2d
+from ..errors import KeyMapError
+from ..models.pos_embed import sincos_2d
 
 # Per-block parameters: (imagejepa / official / timm suffix, HF published, HF transformers 5).
 HF_BLOCK_NAMES = (
