@@ -46,8 +46,8 @@ from imagejepa.bench.train import STANDARD_TRAIN
 from imagejepa.config import from_dict, mask_settings
 from imagejepa.jepa import build_ijepa
 from imagejepa.masking import Masks, MultiBlockMaskSampler
-from imagejepa.optim import build_optimizer
 from imagejepa.runtime import autocast, resolve_device
+from imagejepa.train.optim import build_optimizer
 
 EMA = 0.996  # the official configs' starting momentum
 LR = 1e-4

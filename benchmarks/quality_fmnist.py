@@ -23,7 +23,7 @@ from imagejepa.config import load_config
 from imagejepa.eval.features import FeatureCache
 from imagejepa.eval.report import format_table
 from imagejepa.eval.run import evaluate
-from imagejepa.train import Trainer
+from imagejepa.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBES = {  # protocol -> (settings, the summary column reported)

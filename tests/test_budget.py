@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from imagejepa import budget
 from imagejepa.checkpoint import latest_checkpoint, load_meta, load_tensors
 from imagejepa.cli import main
 from imagejepa.config import ConfigError, OptimConfig, load_config
-from imagejepa.schedules import Schedules
-from imagejepa.train import Trainer
+from imagejepa.train import budget
+from imagejepa.train.schedules import Schedules
+from imagejepa.train.trainer import Trainer
 
 from .helpers import TINY_OVERRIDES
 

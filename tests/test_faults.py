@@ -30,8 +30,8 @@ from PIL import Image
 from imagejepa import checkpoint as ckpt
 from imagejepa.cli import main
 from imagejepa.config import load_config
-from imagejepa.preempt import PREEMPTED_EXIT, Preempted, StopSignals
-from imagejepa.train import NonFiniteError, Trainer
+from imagejepa.train.preempt import PREEMPTED_EXIT, Preempted, StopSignals
+from imagejepa.train.trainer import NonFiniteError, Trainer
 
 from .helpers import TINY_OVERRIDES
 

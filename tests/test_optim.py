@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from imagejepa.models import Encoder, Predictor
-from imagejepa.optim import build_optimizer, param_groups, set_lr_and_wd
+from imagejepa.train.optim import build_optimizer, param_groups, set_lr_and_wd
 
 
 def modules():

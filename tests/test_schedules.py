@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 
 from imagejepa.config import OptimConfig
-from imagejepa.schedules import Schedules, cosine_increase, linear, warmup_cosine
+from imagejepa.train.schedules import Schedules, cosine_increase, linear, warmup_cosine
 
 WARM, TOTAL, START, PEAK, FINAL = 40, 300, 2e-4, 1e-3, 1e-6
 

@@ -5,7 +5,7 @@ import torch
 
 from imagejepa.checkpoint import latest_checkpoint, load_tensors
 from imagejepa.config import load_config
-from imagejepa.train import Trainer
+from imagejepa.train.trainer import Trainer
 
 from .helpers import TINY_OVERRIDES
 

@@ -136,7 +136,7 @@ def _print_json(obj) -> None:
 
 def cmd_pretrain(args) -> None:
     from .config import load_config
-    from .train import Trainer
+    from .train.trainer import Trainer
 
     if args.resume and not args.run_dir:
         raise UsageError("--resume needs --run-dir (the run to continue)")
@@ -313,7 +313,7 @@ COMMANDS = {"pretrain": cmd_pretrain, "eval": cmd_eval, "embed": cmd_embed, "ben
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .preempt import PREEMPTED_EXIT, Preempted  # after parsing: --help stays fast
+    from .train.preempt import PREEMPTED_EXIT, Preempted  # after parsing: --help stays fast
 
     try:
         COMMANDS[args.command](args)

@@ -71,7 +71,7 @@ class OptimConfig:
     # The schedules' length in steps, replacing epochs x steps per epoch.
     total_steps: int | None = None
     # Written by train.budget_minutes, not by hand: the fits [from_step, total_steps] of the
-    # schedule's length to the measured speed so far (see budget.py).
+    # schedule's length to the measured speed so far (see train/budget.py).
     schedule_fits: list[tuple[int, int]] | None = None
 
 

@@ -11,7 +11,7 @@ kind to its exit code and prints its message as one line. Imports nothing of our
         CheckpointError     a run's checkpoint cannot be written, or fails verification
         DataError           unusable data (BadImageError: one unreadable image)
         NonFiniteError      a non-finite loss or gradient
-      Preempted           exit 75 (imagejepa.preempt): stopped by a signal after saving
+      Preempted           exit 75 (imagejepa.train.preempt): stopped by a signal after saving
 """
 
 from __future__ import annotations

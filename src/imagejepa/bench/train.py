@@ -11,8 +11,8 @@ import torch
 from ..config import Config, from_dict, mask_settings
 from ..jepa import build_ijepa
 from ..masking import Masks, MultiBlockMaskSampler
-from ..optim import build_optimizer
 from ..runtime import autocast, resolve_device, resolve_precision
+from ..train.optim import build_optimizer
 from .flops import count_train_flops
 from .roofline import machine_report, matmul_peak_tflops, peak_description, sync
 

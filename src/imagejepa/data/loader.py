@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from ..preempt import ignore_stop_signals_in_worker
+from ..utils.signals import ignore_stop_signals_in_worker
 from .base import BadImageError, DataError
 
 MASK64 = (1 << 64) - 1
@@ -133,7 +133,7 @@ class TrainLoader:
             yield from batches
         finally:
             # Stop the workers now, on errors too (a traceback can keep the iterator alive,
-            # and workers ignore SIGTERM, so they must be told to exit; see preempt.py).
+            # and workers ignore SIGTERM, so they must be told to exit; see train/preempt.py).
             shutdown = getattr(batches, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()

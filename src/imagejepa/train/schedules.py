@@ -53,7 +53,7 @@ class Schedules:
     """All three schedules of a run; ``at(step) -> (lr, weight_decay, ema_momentum)``.
 
     ``fits`` (time-budgeted runs): the schedules are functions of the progress along these
-    fits of the run's length (:func:`~imagejepa.budget.fitted_progress`), with warm-up over
+    fits of the run's length (:func:`~imagejepa.train.budget.fitted_progress`), with warm-up over
     ``warmup_fraction`` of it; ``total_steps`` is then the last fit's end.
     """
 

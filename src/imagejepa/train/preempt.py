@@ -13,9 +13,9 @@ import signal
 import threading
 from pathlib import Path
 
-from .errors import ImageJepaError
+from ..errors import ImageJepaError
+from ..utils.signals import STOP_SIGNALS
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later", i.e. resume with --resume
 
 
@@ -56,11 +56,3 @@ class StopSignals:
         for s, previous in self._previous.items():
             signal.signal(s, previous)
         self._previous.clear()
-
-
-def ignore_stop_signals_in_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a job-wide SIGTERM or Ctrl-C must not kill the workers
-    mid-step. They exit when the main process shuts the loader down, which
-    :class:`~imagejepa.data.TrainLoader` always does, or within seconds of its death."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)

@@ -5,7 +5,7 @@ Everything random is a pure function of ``(train.seed, step)``: the batch order 
 needs weights, optimiser state and the step to continue exactly where a run stopped.
 
 Faults are handled, never asserted on: a stop signal finishes the step, checkpoints and
-raises :class:`~imagejepa.preempt.Preempted`; a non-finite loss or gradient raises
+raises :class:`~imagejepa.train.preempt.Preempted`; a non-finite loss or gradient raises
 :class:`NonFiniteError` (or skips the step with ``train.on_nan: skip_step``); unreadable
 image files are skipped, counted and named up to ``data.max_bad_fraction`` of the dataset;
 a checkpoint that cannot be written raises :class:`~imagejepa.checkpoint.CheckpointError`
@@ -24,20 +24,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import checkpoint as ckpt
+from ..config import Config, ConfigError, check_batch_split, mask_settings, world_size_from_env
+from ..data import DataError, TrainLoader, TrainTransform, build_dataset, channel_stats, check_data_path
+from ..data.loader import mix_seed
+from ..errors import NonFiniteError
+from ..jepa import build_ijepa
+from ..masking import Masks, MultiBlockMaskSampler
+from ..monitor import CollapseMonitor
+from ..runtime import autocast, resolve_device, resolve_precision
+from ..utils.files import atomic_write_text
 from . import budget
-from . import checkpoint as ckpt
-from .config import Config, ConfigError, check_batch_split, mask_settings, world_size_from_env
-from .data import DataError, TrainLoader, TrainTransform, build_dataset, channel_stats, check_data_path
-from .data.loader import mix_seed
-from .errors import NonFiniteError
-from .jepa import build_ijepa
-from .masking import Masks, MultiBlockMaskSampler
-from .monitor import CollapseMonitor
 from .optim import build_optimizer, set_lr_and_wd
 from .preempt import Preempted, StopSignals
-from .runtime import autocast, resolve_device, resolve_precision
 from .schedules import Schedules, schedule_steps
-from .utils.files import atomic_write_text
 
 METRIC_COLUMNS = (
     "step", "epoch", "loss", "lr", "weight_decay", "ema", "target_std", "pred_std",
