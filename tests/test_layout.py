@@ -1,5 +1,6 @@
-"""The package's import graph: no module imports one that imports it back, not even inside a
-function (an import made on use hides a cycle instead of removing it)."""
+"""The package's import graph: no module imports one that imports it back, and no module
+imports one of a higher layer, not even inside a function (an import made on use hides a
+cycle instead of removing it)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,32 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+# From the bottom up; a module may import its own layer and those below. The longest
+# matching name decides (imagejepa.train.budget is in imagejepa.train).
+LAYERS = [
+    ("imagejepa.errors", "imagejepa.utils"),
+    ("imagejepa.models", "imagejepa.masking", "imagejepa.data"),
+    ("imagejepa.config", "imagejepa.official_config", "imagejepa.runtime"),
+    ("imagejepa.jepa", "imagejepa.monitor", "imagejepa.checkpoint"),
+    ("imagejepa.train", "imagejepa.eval", "imagejepa.interop"),
+    ("imagejepa.bench",),
+    ("imagejepa.cli", "imagejepa.__main__", "imagejepa"),
+]
+
+
+def layer_of(module: str) -> int:
+    matches = [(len(name), i) for i, names in enumerate(LAYERS) for name in names
+               if module == name or module.startswith(name + ".")]
+    if not matches:
+        raise AssertionError(f"{module} is in no layer of tests/test_layout.py; add it to LAYERS")
+    return max(matches)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})"
+                  for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m))
+
+
 def test_cycle_finder_finds_a_planted_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
@@ -78,3 +105,13 @@ def test_graph_sees_relative_imports():
 
 def test_no_import_cycles():
     assert cycles(module_graph()) == []
+
+
+def test_layer_check_finds_a_planted_upward_import():
+    graph = {"imagejepa.data.loader": {"imagejepa.train.preempt"}, "imagejepa.train.preempt": set()}
+    assert upward_imports(graph) == [
+        "imagejepa.data.loader (layer 1) imports imagejepa.train.preempt (layer 4)"]
+
+
+def test_every_module_has_a_layer_and_imports_only_its_own_or_lower():
+    assert upward_imports(module_graph()) == []
