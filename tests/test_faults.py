@@ -287,6 +287,46 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_75(tmp_path, reference,
     assert_same_run(run, reference)
 
 
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (Linux: /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status (Linux)")
+@pytest.mark.parametrize("resume", [False, True])
+def test_sigterm_during_start_up_exits_75(tmp_path, resume):
+    """A signal that arrives while PyTorch loads and the run is built (minutes for a large
+    dataset or model) must still end in exit 75, the code a SLURM script requeues on."""
+    run = tmp_path / "run"
+    if resume:
+        Trainer(config("train.max_steps=2"), run, log=quiet, warn=quiet).fit()
+    rows_before = len(metric_rows(run)) if resume else 0
+    command = [sys.executable, "-m", "imagejepa", *cli_args(run, "train.max_steps=4")]
+    proc = subprocess.Popen(command + (["--resume"] if resume else []), env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not catches(proc.pid, signal.SIGTERM):  # the command line has taken charge of it
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)  # while `import torch` and the build are still ahead
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == PREEMPTED_EXIT, err[-2000:]
+    if resume:
+        assert err.strip().splitlines()[-1] == (
+            "imagejepa pretrain: SIGTERM received: stopped before training on from step 2, "
+            "nothing new to save; continue with --resume")
+        assert ckpt.find_checkpoint(run).name == "step_00000002"
+    else:
+        assert err.strip().splitlines()[-1] == (
+            "imagejepa pretrain: SIGTERM received: stopped before the first step, nothing to save; "
+            "start the run again")
+        assert not any((run / "checkpoints").glob("step_*"))
+    assert len(metric_rows(run)) == rows_before  # not one step was taken
+
+
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT])
 def test_signal_during_a_step_checkpoints_after_it(tmp_path, sig):
     """SLURM's early warning (--signal=USR1@N) and Ctrl-C behave like SIGTERM."""

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .errors import RunError, UsageError
+from .train.preempt import PREEMPTED_EXIT, Preempted, StopSignals  # no PyTorch: --help stays fast
 
 FAILURE_EXIT, USAGE_EXIT = 1, 2
 EXIT_CODES = """exit codes:
@@ -18,8 +19,9 @@ EXIT_CODES = """exit codes:
       disk full; one line names the cause, and the checkpoints already written are intact
   2   usage or configuration error (one line naming the key or argument)
   75  pre-empted: SIGTERM, SIGINT or SIGUSR1 (SLURM --signal=USR1@SECONDS) arrived, the
-      current step was finished and checkpointed; continue with --resume
-  130 interrupted before training started, or Ctrl-C pressed twice"""
+      current step was finished and checkpointed (nothing to save if it came before the
+      first step); continue with --resume
+  130 Ctrl-C pressed twice"""
 # Settings that may change when a run is resumed: they do not change what is computed.
 RESUME_FREE = {"data.num_workers", "data.on_error", "data.max_bad_fraction"}
 
@@ -134,7 +136,7 @@ def _print_json(obj) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def cmd_pretrain(args) -> None:
+def cmd_pretrain(args, signals=None) -> None:
     from .config import load_config
     from .train.trainer import Trainer
 
@@ -156,7 +158,7 @@ def cmd_pretrain(args) -> None:
     run_dir = args.run_dir or f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not args.resume:
         _check_fresh(Path(run_dir))
-    Trainer(cfg, run_dir, resume=args.resume, fallback=args.fallback).fit()
+    Trainer(cfg, run_dir, resume=args.resume, fallback=args.fallback).fit(signals)
 
 
 def _check_fresh(run_dir: Path) -> None:
@@ -312,11 +314,22 @@ COMMANDS = {"pretrain": cmd_pretrain, "eval": cmd_eval, "embed": cmd_embed, "ben
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from .train.preempt import PREEMPTED_EXIT, Preempted  # after parsing: --help stays fast
+    # Stop signals are caught from here on, before PyTorch loads and the run is built (which
+    # can take minutes), so that pre-emption at any moment of a pretrain ends in exit 75.
+    with StopSignals() as signals:
+        args = _parser().parse_args(argv)
+        if args.command != "pretrain":
+            signals.release()  # the other commands keep the signals' default effect
+        return _run(args, signals)
 
+
+def _run(args, signals: StopSignals) -> int:
+    """Run the command; map the error hierarchy to exit codes and one line on stderr."""
     try:
-        COMMANDS[args.command](args)
+        if args.command == "pretrain":
+            cmd_pretrain(args, signals)
+        else:
+            COMMANDS[args.command](args)
     except (UsageError, FileNotFoundError) as e:
         print(f"imagejepa {args.command}: error: {e}", file=sys.stderr)
         return USAGE_EXIT

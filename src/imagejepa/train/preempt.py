@@ -20,13 +20,18 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later", i.e. resume with --resume
 
 
 class Preempted(ImageJepaError):
-    """Training stopped on a signal after writing a checkpoint; resuming continues exactly."""
+    """Training stopped on a signal, after writing a checkpoint when there was anything new
+    to save (``checkpoint``; ``None`` when the signal came before this process's first step).
+    Either way the exit code is 75 and ``--resume`` continues exactly."""
 
-    def __init__(self, signal_name: str, step: int, checkpoint: Path):
-        super().__init__(
-            f"{signal_name} received: stopped after step {step} and saved {checkpoint}; "
-            "continue with --resume"
-        )
+    def __init__(self, signal_name: str, step: int, checkpoint: Path | None):
+        if checkpoint is not None:
+            what = f"stopped after step {step} and saved {checkpoint}; continue with --resume"
+        elif step:
+            what = f"stopped before training on from step {step}, nothing new to save; continue with --resume"
+        else:
+            what = "stopped before the first step, nothing to save; start the run again"
+        super().__init__(f"{signal_name} received: {what}")
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
 
 
@@ -53,6 +58,10 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give the signals back their previous handlers (no longer caught from here on)."""
         for s, previous in self._previous.items():
             signal.signal(s, previous)
         self._previous.clear()

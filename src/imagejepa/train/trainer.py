@@ -195,9 +195,14 @@ class Trainer:
             )
 
     # -- the loop ------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
+    def fit(self, signals: StopSignals | None = None) -> dict[str, float]:
         """Train to the end (or ``max_steps`` / ``max_minutes``) and save; returns the last
-        step's metrics. Raises :class:`Preempted` after saving when a stop signal arrived."""
+        step's metrics. Raises :class:`Preempted` after saving when a stop signal arrived.
+
+        ``signals``: stop signals already being caught (the command line catches them from
+        its start, so that one arriving while the run is built still ends in exit 75)."""
+        if signals is not None and signals.received:
+            raise Preempted(signals.received, self.step, None)
         cfg = self.cfg.train
         stop = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
         self._prepare_run_dir()
@@ -217,11 +222,14 @@ class Trainer:
         last = {}
         bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
                    dynamic_ncols=True, mininterval=1.0)
+        catching = contextlib.nullcontext(signals) if signals is not None else StopSignals()
         # The bar is closed before any error propagates, so an error message is the last line.
-        with (open(self.run_dir / "metrics.csv", "a", newline="") as f, StopSignals() as signals, bar,
+        with (open(self.run_dir / "metrics.csv", "a", newline="") as f, catching as signals, bar,
               contextlib.closing(iter(self.loader)) as batches):
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             while self.step < stop:
+                if signals.received:  # before this process's first step (later ones stop below)
+                    raise Preempted(signals.received, self.step, None)
                 t0 = time.perf_counter()
                 images, _, skipped = _next_batch(batches)
                 if skipped:
