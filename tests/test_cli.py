@@ -35,6 +35,21 @@ def test_pretrain_then_resume(tmp_path, capsys):
     assert steps == ["0", "1", "2", "3", "4", "5"]
 
 
+def test_resume_auto_starts_then_continues(tmp_path, capsys):
+    """One command line for the first start and every restart (torchrun --max-restarts)."""
+    run = tmp_path / "run"
+    assert main(pretrain_args(run, "train.max_steps=2") + ["--resume", "auto", "--fallback"]) == 0
+    assert "resumed from" not in capsys.readouterr().out
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert main(pretrain_args(run, "train.max_steps=4") + ["--resume", "auto", "--fallback"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    steps = [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["0", "1", "2", "3"]
+    # Without a checkpoint the run starts, which needs its config.
+    assert main(["pretrain", "--run-dir", str(tmp_path / "new"), "--resume", "auto"]) == 2
+    assert "--resume auto: " in capsys.readouterr().err
+
+
 def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(pretrain_args(run, "train.max_steps=2")) == 0

@@ -40,8 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--budget-minutes", type=float, metavar="MIN",
                      help="fit the whole schedule into MIN minutes of training on this machine "
                           "(same as --set train.budget_minutes=MIN)")
-    pre.add_argument("--resume", action="store_true",
-                     help="continue from the run folder's latest checkpoint")
+    pre.add_argument("--resume", nargs="?", const=True, choices=["auto"],
+                     help="continue from the run folder's latest checkpoint; '--resume auto' "
+                          "continues when there is one and starts the run otherwise (the same "
+                          "command line then serves first start and restarts, e.g. torchrun's "
+                          "--max-restarts)")
     pre.add_argument("--fallback", action="store_true",
                      help="with --resume: if the latest checkpoint fails verification, continue "
                           "from the newest one that passes (without it, that is an error)")
@@ -144,6 +147,11 @@ def cmd_pretrain(args, signals=None) -> None:
         raise UsageError("--resume needs --run-dir (the run to continue)")
     if args.fallback and not args.resume:
         raise UsageError("--fallback only applies with --resume")
+    if args.resume == "auto":
+        args.resume = (Path(args.run_dir) / "checkpoints" / "latest").exists()
+        if not args.resume and args.config is None:
+            raise UsageError(f"--resume auto: {args.run_dir} holds no checkpoint yet, so the run "
+                             "starts and needs --config FILE")
     config_path = args.config
     if config_path is None:
         if not args.resume:
