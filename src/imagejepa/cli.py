@@ -317,8 +317,9 @@ def cmd_convert(args) -> None:
     _print_json(summary)
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "eval": cmd_eval, "embed": cmd_embed, "bench": cmd_bench,
-            "info": cmd_info, "convert": cmd_convert}
+# The commands other than pretrain, which alone is given the stop signals (see _run).
+COMMANDS = {"eval": cmd_eval, "embed": cmd_embed, "bench": cmd_bench, "info": cmd_info,
+            "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,8 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     # can take minutes), so that pre-emption at any moment of a pretrain ends in exit 75.
     with StopSignals() as signals:
         args = _parser().parse_args(argv)
-        if args.command != "pretrain":
-            signals.release()  # the other commands keep the signals' default effect
         return _run(args, signals)
 
 
@@ -337,6 +336,7 @@ def _run(args, signals: StopSignals) -> int:
         if args.command == "pretrain":
             cmd_pretrain(args, signals)
         else:
+            signals.release()  # the other commands keep the signals' default effect
             COMMANDS[args.command](args)
     except (UsageError, FileNotFoundError) as e:
         print(f"imagejepa {args.command}: error: {e}", file=sys.stderr)
