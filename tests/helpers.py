@@ -1,4 +1,12 @@
-"""Shared settings for tests: a tiny, fast, deterministic run on synthetic data."""
+"""Shared settings for tests: a tiny, fast, deterministic run on synthetic data, and the
+helpers of the tests that start training in subprocesses."""
+
+import csv
+import os
+import signal
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
 
 TINY_OVERRIDES = [
     "data.dataset=synthetic",
@@ -69,3 +77,27 @@ def official_save_dict(model, epoch: int = 7) -> dict:
         "world_size": 16,
         "lr": 0.001,
     }
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a training subprocess: this checkout's ``src`` first, one thread."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (Linux: /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False

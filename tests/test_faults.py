@@ -8,7 +8,6 @@ uninterrupted one to 1e-6.
 
 from __future__ import annotations
 
-import csv
 import errno
 import hashlib
 import io
@@ -33,9 +32,8 @@ from imagejepa.config import load_config
 from imagejepa.train.preempt import PREEMPTED_EXIT, Preempted, StopSignals
 from imagejepa.train.trainer import NonFiniteError, Trainer
 
-from .helpers import TINY_OVERRIDES
+from .helpers import ROOT, TINY_OVERRIDES, catches, child_env, metric_rows
 
-ROOT = Path(__file__).parents[1]
 STEPS = 10  # the reference run's length; checkpoints every 2 steps, the last 2 kept
 RUN = TINY_OVERRIDES + ["train.checkpoint_every_steps=2", "train.keep_last=2"]
 
@@ -63,22 +61,6 @@ def tiny_yaml(folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(config().to_yaml())
     return path
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a training subprocess: this checkout's ``src`` first, one thread."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -285,14 +267,6 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_75(tmp_path, reference,
     assert ckpt.find_checkpoint(run).name == f"step_{stopped:08d}"  # ... and in the checkpoint
     assert main(["pretrain", "--run-dir", str(run), "--resume", "--set", f"train.max_steps={STEPS}"]) == 0
     assert_same_run(run, reference)
-
-
-def catches(pid: int, sig: signal.Signals) -> bool:
-    """Whether process ``pid`` has a handler installed for ``sig`` (Linux: /proc/PID/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
-    return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status (Linux)")
@@ -630,7 +604,8 @@ def test_collapse_warning_names_the_step(tmp_path):
     (["data.batch_size=abc"], {}, "data.batch_size: expected int, got 'abc'"),
     (["mask.min_keep=15"], {}, "mask settings leave the context below mask.min_keep=15"),
     (["optim.grad_accum=3"], {}, "data.batch_size=8 is not divisible by optim.grad_accum=3"),
-    ([], {"WORLD_SIZE": "3"}, "data.batch_size=8 is not divisible by world size 3 x optim.grad_accum 1"),
+    ([], {"RANK": "0", "WORLD_SIZE": "3"},
+     "data.batch_size=8 is not divisible by world size 3 x optim.grad_accum 1"),
     (["model.img_size=30"], {}, "model.img_size=30 is not divisible by model.patch_size=8"),
     (["data.dataset=imagefolder:/does/not/exist"], {}, "image folder not found: /does/not/exist"),
     (["train.on_nan=ignore"], {}, "train.on_nan: got 'ignore'; allowed: stop, skip_step"),

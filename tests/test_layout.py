@@ -71,7 +71,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 LAYERS = [
     ("imagejepa.errors", "imagejepa.utils"),
     ("imagejepa.models", "imagejepa.masking", "imagejepa.data"),
-    ("imagejepa.config", "imagejepa.official_config", "imagejepa.runtime"),
+    ("imagejepa.config", "imagejepa.official_config", "imagejepa.runtime", "imagejepa.distributed"),
     ("imagejepa.jepa", "imagejepa.monitor", "imagejepa.checkpoint"),
     ("imagejepa.train", "imagejepa.eval", "imagejepa.interop"),
     ("imagejepa.bench",),

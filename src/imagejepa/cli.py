@@ -22,8 +22,9 @@ EXIT_CODES = """exit codes:
       current step was finished and checkpointed (nothing to save if it came before the
       first step); continue with --resume
   130 Ctrl-C pressed twice"""
-# Settings that may change when a run is resumed: they do not change what is computed.
-RESUME_FREE = {"data.num_workers", "data.on_error", "data.max_bad_fraction"}
+# Settings a resumed run may change: loader tuning, and how the global batch is split into
+# accumulation chunks (the sums are the same; a run moves to another number of processes).
+RESUME_FREE = {"data.num_workers", "data.on_error", "data.max_bad_fraction", "optim.grad_accum"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,7 +141,9 @@ def _print_json(obj) -> None:
 
 
 def cmd_pretrain(args, signals=None) -> None:
-    from .config import load_config
+    from .config import check_batch_split, load_config
+    from .distributed import processes_from_env, start_processes, stop_processes, text_from_main
+    from .runtime import resolve_device
     from .train.trainer import Trainer
 
     if args.resume and not args.run_dir:
@@ -160,13 +163,21 @@ def cmd_pretrain(args, signals=None) -> None:
     overrides = list(args.set)
     if args.budget_minutes is not None:
         overrides.append(f"train.budget_minutes={args.budget_minutes}")
-    cfg = load_config(config_path, overrides)
+    launched = processes_from_env()  # torchrun's RANK / WORLD_SIZE, if any
+    cfg = load_config(config_path, overrides, world_size=launched.world_size)
     if args.resume:
         _check_same_run(cfg, Path(args.run_dir))
-    run_dir = args.run_dir or f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not args.resume:
-        _check_fresh(Path(run_dir))
-    Trainer(cfg, run_dir, resume=args.resume, fallback=args.fallback).fit(signals)
+    check_batch_split(cfg, launched.world_size)  # before waiting for the other processes
+    processes = start_processes(resolve_device(cfg.train.device, launched.local_rank))
+    try:
+        # Rank 0 names the run folder (a default name holds its clock's time).
+        run_dir = text_from_main(processes, args.run_dir or
+                                 f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if not args.resume:
+            _check_fresh(Path(run_dir))
+        Trainer(cfg, run_dir, resume=args.resume, fallback=args.fallback, processes=processes).fit(signals)
+    finally:
+        stop_processes(processes)
 
 
 def _check_fresh(run_dir: Path) -> None:

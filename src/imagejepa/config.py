@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -102,6 +101,10 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    # How the file was read, for the start-up line (an official file's per-process batch);
+    # not a setting, so not saved.
+    source_note: typing.ClassVar[str | None] = None
+
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -218,9 +221,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file (ours or official I-JEPA) and apply ``section.key=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] = (), world_size: int = 1) -> Config:
+    """Read a YAML file (ours or official I-JEPA) and apply ``section.key=value`` overrides.
+
+    ``world_size``: the processes the run is launched on; an official file's ``batch_size`` is
+    per process, so the global batch is that times ``world_size``."""
     data: dict[str, Any] = {}
+    note = None
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -232,7 +239,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         from .official_config import is_official, translate_official
 
         if is_official(data):
-            data = translate_official(data)
+            from .official_config import batch_note
+
+            note = batch_note(data, world_size)
+            data = translate_official(data, world_size)
     for text in overrides:
         key, value = parse_override(text)
         section, name = key.split(".")
@@ -240,7 +250,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not isinstance(data[section], dict):
             raise ConfigError(f"config section {section!r} must be a mapping of keys")
         data[section][name] = value
-    return from_dict(data)
+        if key == "data.batch_size":
+            note = None  # the batch given on the command line is the global batch
+    cfg = from_dict(data)
+    cfg.source_note = note
+    return cfg
 
 
 def _require(ok: bool, message: str) -> None:
@@ -367,13 +381,6 @@ def check_batch_split(cfg: Config, world_size: int) -> None:
         f"data.batch_size={cfg.data.batch_size} is not divisible by world size {world_size} x "
         f"optim.grad_accum {cfg.optim.grad_accum} = {parts}",
     )
-
-
-def world_size_from_env() -> int:
-    """``WORLD_SIZE`` as set by torchrun (1 when unset)."""
-    raw = os.environ.get("WORLD_SIZE", "1")
-    _require(raw.isdigit() and int(raw) >= 1, f"environment WORLD_SIZE={raw!r} is not a positive integer")
-    return int(raw)
 
 
 def mask_settings(cfg: Config):

@@ -3,9 +3,9 @@
 The official files have sections ``meta``, ``data``, ``mask``, ``optimization`` and
 ``logging``. Each key is mapped explicitly; options this project does not implement
 (flips, colour distortion, several context masks, overlapping masks) are refused rather
-than silently dropped. Note that the official ``data.batch_size`` is per GPU (the paper:
-128 x 16 GPUs = 2048); here ``data.batch_size`` is the global batch, so the translation
-keeps the number and the user scales it to their world size.
+than silently dropped. The official ``data.batch_size`` is per GPU (the paper: 128 x 16
+GPUs = 2048) while ours is the global batch, so the translation multiplies it by the number
+of processes the run is launched on (``WORLD_SIZE``; 1 outside torchrun).
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ def is_official(data: Any) -> bool:
     return isinstance(data, dict) and {"meta", "mask", "optimization"} <= set(data)
 
 
-def translate_official(data: dict[str, Any]) -> dict[str, Any]:
-    """Official nested dict -> our nested dict (not yet validated)."""
+def translate_official(data: dict[str, Any], world_size: int = 1) -> dict[str, Any]:
+    """Official nested dict -> our nested dict (not yet validated); the per-process batch
+    becomes the global batch of ``world_size`` processes."""
     out: dict[str, dict[str, Any]] = {}
     for section, values in data.items():
         if section not in OFFICIAL_SECTIONS:
@@ -85,6 +86,8 @@ def translate_official(data: dict[str, Any]) -> dict[str, Any]:
                 out.setdefault("train", {})["precision"] = "bf16" if value else "fp32"
             elif where not in IGNORED:
                 raise ConfigError(f"official config: unknown key {section}.{key}")
+    if "batch_size" in out.get("data", {}) and isinstance(out["data"]["batch_size"], int):
+        out["data"]["batch_size"] *= world_size
     data_section = data.get("data") or {}
     if data_section.get("root_path") is not None and data_section.get("image_folder") is not None:
         train_dir = os.path.join(str(data_section["root_path"]), str(data_section["image_folder"]), "train")
@@ -92,3 +95,12 @@ def translate_official(data: dict[str, Any]) -> dict[str, Any]:
     # The official code trains with smooth-L1; keep it for a faithful translation.
     out.setdefault("optim", {})["loss"] = "smooth_l1"
     return out
+
+
+def batch_note(data: dict[str, Any], world_size: int) -> str | None:
+    """How the global batch came from an official file, for the run's start-up line."""
+    per_process = (data.get("data") or {}).get("batch_size")
+    if not isinstance(per_process, int):
+        return None
+    return (f"the official file's batch_size {per_process} is per process: x {world_size} "
+            f"process(es) = {per_process * world_size}")

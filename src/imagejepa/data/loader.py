@@ -83,11 +83,15 @@ def _collate(samples):
 
 
 class _StepBatches(Sampler):
-    """Yields, for step = start, start + 1, ..., the batch's ``[(index, sample_seed), ...]``."""
+    """Yields, for step = start, start + 1, ..., the batch's ``[(index, sample_seed), ...]``:
+    of the global batch of ``batch_size`` samples, the ``rank``-th of ``world_size`` equal parts."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int):
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, rank: int = 0,
+                 world_size: int = 1):
         self.n, self.batch_size, self.seed, self.start_step = n, batch_size, seed, start_step
         self.steps_per_epoch = n // batch_size
+        local = batch_size // world_size
+        self.part = slice(rank * local, (rank + 1) * local)
 
     def permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 0xDA7A))
@@ -99,20 +103,26 @@ class _StepBatches(Sampler):
             e, pos = divmod(step, self.steps_per_epoch)
             if e != epoch:
                 epoch, perm = e, self.permutation(e)
-            indices = perm[pos * self.batch_size : (pos + 1) * self.batch_size].tolist()
+            indices = perm[pos * self.batch_size : (pos + 1) * self.batch_size][self.part].tolist()
             yield [(i, mix_seed(self.seed, epoch, i)) for i in indices]
             step += 1
 
 
 class TrainLoader:
-    """Endless iterator of ``(images (B, C, S, S), labels (B,), skipped)`` starting at
-    ``start_step``; ``skipped`` lists ``(path, reason)`` of the files replaced in this batch."""
+    """Endless iterator of ``(images (b, C, S, S), labels (b,), skipped)`` starting at
+    ``start_step``; ``skipped`` lists ``(path, reason)`` of the files replaced in this batch.
+
+    ``batch_size`` is the global batch ``B``; with ``world_size`` processes each gets its
+    ``rank``-th part, ``b = B / world_size`` samples, with the crops one process would draw."""
 
     def __init__(self, raw, transform, batch_size: int, seed: int, num_workers: int = 0,
-                 start_step: int = 0, pin_memory: bool = False, on_error: str = "skip"):
+                 start_step: int = 0, pin_memory: bool = False, on_error: str = "skip",
+                 rank: int = 0, world_size: int = 1):
         if len(raw) < batch_size:
             raise ValueError(f"dataset has {len(raw)} images, fewer than one batch of {batch_size}")
-        self.sampler = _StepBatches(len(raw), batch_size, seed, start_step)
+        if batch_size % world_size:
+            raise ValueError(f"a global batch of {batch_size} does not split over {world_size} processes")
+        self.sampler = _StepBatches(len(raw), batch_size, seed, start_step, rank, world_size)
         self.loader = DataLoader(
             _TrainSamples(raw, transform, on_error),
             batch_sampler=self.sampler,

@@ -1,8 +1,15 @@
-"""The trainer: one process, CPU or one GPU.
+"""The trainer: build a run from its config (build.py), then the loop of steps (step.py)
+with metrics (metrics_log.py), progress, signals, time limits and checkpoints (state.py).
 
 Everything random is a pure function of ``(train.seed, step)``: the batch order and crops
 (:mod:`imagejepa.data.loader`), the masks, and the schedules. A checkpoint therefore only
-needs weights, optimiser state and the step to continue exactly where a run stopped.
+needs weights, optimiser state and the step to continue exactly where a run stopped, on
+any number of processes.
+
+With several processes (torchrun) each rank trains its part of the global batch; they agree
+after every step on stopping (signals on any rank; time limits and the budget from rank 0's
+clock) and, through the averaged loss and gradients, on skipping a non-finite step. Rank 0
+alone writes the run folder and the log.
 
 Faults are handled, never asserted on: a stop signal finishes the step, checkpoints and
 raises :class:`~imagejepa.train.preempt.Preempted`; a non-finite loss or gradient raises
@@ -15,8 +22,6 @@ with the previous one intact.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import sys
 import time
 from pathlib import Path
@@ -25,30 +30,33 @@ import torch
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt
-from ..config import Config, ConfigError, check_batch_split, mask_settings, world_size_from_env
-from ..data import DataError, TrainLoader, TrainTransform, build_dataset, channel_stats, check_data_path
-from ..data.loader import mix_seed
+from ..config import Config
+from ..data import DataError
+from ..distributed import SINGLE, Processes, agree_after_step, barrier, wrap_data_parallel
 from ..errors import NonFiniteError
-from ..jepa import build_ijepa
-from ..masking import Masks, MultiBlockMaskSampler
+from ..masking import Masks
 from ..monitor import CollapseMonitor
-from ..runtime import autocast, resolve_device, resolve_precision
+from ..runtime import resolve_device, resolve_precision
 from ..utils.files import atomic_write_text
 from . import budget
-from .optim import build_optimizer, set_lr_and_wd
+from .build import build_data, build_loader, build_model, check_startable, plan_length
+from .metrics_log import MetricsLog
 from .preempt import Preempted, StopSignals
-from .schedules import Schedules, schedule_steps
+from .schedules import Schedules
+from .state import find_resume_point, load_training_state, save_training_state
+from .step import TrainStep
 
-METRIC_COLUMNS = (
-    "step", "epoch", "loss", "lr", "weight_decay", "ema", "target_std", "pred_std",
-    "context_patches", "target_patches", "skipped_images", "skipped_step", "img_per_s", "elapsed_s",
-)
-MASK_STREAM = 0x3A5C
-MAX_SKIPPED_STEPS_IN_A_ROW = 10  # with on_nan=skip_step: a run that only produces NaN stops
+__all__ = ["NonFiniteError", "Trainer"]
+
+SIGNAL_ELSEWHERE = "stop signal on another process"
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 class Trainer:
@@ -56,129 +64,54 @@ class Trainer:
 
     ``fallback=True`` (with ``resume``) continues from the newest checkpoint that passes
     verification when the one ``latest`` names is damaged; otherwise that is an error.
+    ``processes``: this process's rank among those of the run (one process by default).
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, log=print,
-                 warn=_stderr, fallback: bool = False):
-        self.cfg, self.run_dir, self.log, self.warn = cfg, Path(run_dir), log, warn
-        # Cheap checks first: nothing heavy happens before the config is known to be usable.
-        check_batch_split(cfg, world_size_from_env())
-        check_data_path(cfg.data.dataset)
-        self.device = resolve_device(cfg.train.device)
+                 warn=_stderr, fallback: bool = False, processes: Processes = SINGLE):
+        self.cfg, self.run_dir, self.processes = cfg, Path(run_dir), processes
+        self.log = log if processes.is_main else _quiet
+        self.warn = warn
+        check_startable(cfg, processes)
+        self.device = resolve_device(cfg.train.device, processes.local_rank)
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        self.dataset = build_dataset(cfg.data.dataset, train=True)
-        self.mean = channel_stats(self.dataset.mean, cfg.model.in_chans)
-        self.std = channel_stats(self.dataset.std, cfg.model.in_chans)
-        batch = cfg.data.batch_size
-        self.steps_per_epoch = len(self.dataset) // batch
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"data.batch_size={batch} is larger than the dataset ({len(self.dataset)} images)"
-            )
-        # With a time budget the length is fitted to the measured speed as the run goes
-        # (budget.py), starting from optim.epochs' worth: the most the budget may give.
-        self.max_steps = schedule_steps(cfg.optim, self.steps_per_epoch)
-        fits = ()
-        if cfg.train.budget_minutes is not None:
-            if self.max_steps <= budget.FIRST_FIT_STEP:
-                raise ConfigError(
-                    f"train.budget_minutes: optim.epochs gives only {self.max_steps} steps, not more than "
-                    f"the {budget.FIRST_FIT_STEP} the trainer times before fitting the schedule to the "
-                    "budget; raise optim.epochs"
-                )
-            fits = cfg.optim.schedule_fits or [(0, self.max_steps)]
-        self.schedules = Schedules.from_config(cfg.optim, self.steps_per_epoch, fits)
-        self.total_steps = self.schedules.total_steps if fits else self.max_steps
+        data = build_data(cfg)
+        self.dataset, self.mean, self.std = data.dataset, data.mean, data.std
+        self.steps_per_epoch = data.steps_per_epoch
+        self.max_steps, self.schedules, self.total_steps = plan_length(cfg, self.steps_per_epoch)
         self.train_seconds = 0.0  # training time of the run so far, earlier processes included
 
-        torch.manual_seed(cfg.train.seed)
-        self.model = build_ijepa(cfg).to(self.device)
-        self.optimizer = build_optimizer(
-            self.model.encoder, self.model.predictor, lr=cfg.optim.lr, device=self.device
-        )
-        self.masks = MultiBlockMaskSampler(self.model.encoder.grid, mask_settings(cfg))
-        self.forward = torch.compile(self.model, dynamic=True) if cfg.train.compile else self.model
+        self.model, self.optimizer, masks = build_model(cfg, self.device)
+        trained = wrap_data_parallel(self.model, processes, self.device)
+        forward = torch.compile(trained, dynamic=True) if cfg.train.compile else trained
+        self.stepper = TrainStep(self.model, forward, self.optimizer, masks, cfg.train.seed,
+                                 cfg.optim.grad_accum, self.device, self.precision, processes,
+                                 cfg.train.on_nan, warn)
         self.monitor = CollapseMonitor(cfg.train.collapse_std)
         self.step = 0
         self.last_checkpoint: Path | None = None  # the newest complete checkpoint of this run
         self.bad_files: dict[str, str] = {}  # path -> reason, each reported once
-        self.skipped_in_a_row = 0
         if resume:
             self._resume(fallback)
-        self.loader = TrainLoader(
-            self.dataset,
-            TrainTransform(cfg.model.img_size, cfg.model.in_chans, self.mean, self.std,
-                           cfg.data.crop_scale),
-            batch_size=batch,
-            seed=cfg.train.seed,
-            num_workers=cfg.data.num_workers,
-            start_step=self.step,
-            pin_memory=self.device.type == "cuda",
-            on_error=cfg.data.on_error,
-        )
+        self.loader = build_loader(cfg, data, self.step, processes, self.device)
 
-    # -- one optimisation step -----------------------------------------------------------
+    # -- one optimisation step (step.py) ---------------------------------------------------
+    @property
+    def forward(self):
+        """The model as trained: ``forward(images, masks) -> (loss, metrics)`` (DDP, compiled)."""
+        return self.stepper.forward
+
+    @forward.setter
+    def forward(self, forward) -> None:
+        self.stepper.forward = forward
+
     def sample_masks(self, step: int, batch_size: int) -> Masks:
-        g = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, step, MASK_STREAM))
-        return self.masks(batch_size, g)
+        """The masks of a global batch of ``batch_size`` at ``step``."""
+        return self.stepper.masks(step, batch_size)
 
     def train_step(self, images: torch.Tensor, step: int) -> dict[str, float]:
-        """One optimiser step on a global batch ``(B, C, H, W)``; returns scalar metrics.
-
-        A non-finite loss or gradient leaves weights, optimiser and target encoder untouched
-        and, with ``train.on_nan: stop``, raises :class:`NonFiniteError`.
-        """
-        lr, wd, momentum = self.schedules.at(step)
-        set_lr_and_wd(self.optimizer, lr, wd)
-        masks = self.sample_masks(step, images.shape[0])
-        accum = self.cfg.optim.grad_accum
-        images = images.to(self.device, non_blocking=True)
-        masks = Masks(*(m.to(self.device, non_blocking=True) for m in masks))
-        total_loss, sums = 0.0, {}
-        for chunk in range(accum):
-            part = slice(chunk * images.shape[0] // accum, (chunk + 1) * images.shape[0] // accum)
-            with autocast(self.device, self.precision):
-                loss, metrics = self.forward(images[part], Masks(masks.context[part], masks.targets[part]))
-            (loss / accum).backward()
-            total_loss += loss.detach()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-        out = {"loss": float(total_loss) / accum, "lr": lr, "weight_decay": wd, "ema": momentum}
-        out.update({k: float(v) / accum for k, v in sums.items()})
-        problem = self._non_finite(out["loss"])
-        if problem:
-            self.optimizer.zero_grad(set_to_none=True)
-            self._on_non_finite(problem, step)
-            return {**out, "skipped_step": 1}
-        self.skipped_in_a_row = 0
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_target(momentum)
-        return {**out, "skipped_step": 0}
-
-    def _non_finite(self, loss: float) -> str | None:
-        """What is not finite, ``"loss (nan)"`` or ``"gradient of encoder.x (inf)"``; else None."""
-        if loss != loss or abs(loss) == float("inf"):
-            return f"loss ({loss})"
-        named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
-        norms = torch.stack(torch._foreach_norm([g for _, g in named]))
-        if bool(norms.isfinite().all()):
-            return None
-        i = int((~norms.isfinite()).nonzero()[0])
-        return f"gradient of {named[i][0]} (norm {float(norms[i])})"
-
-    def _on_non_finite(self, problem: str, step: int) -> None:
-        last = self.last_checkpoint or "none yet (the run would start from scratch)"
-        self.skipped_in_a_row += 1
-        if self.cfg.train.on_nan == "stop" or self.skipped_in_a_row > MAX_SKIPPED_STEPS_IN_A_ROW:
-            repeat = f" for {self.skipped_in_a_row} steps in a row" if self.skipped_in_a_row > 1 else ""
-            raise NonFiniteError(
-                f"non-finite {problem} at step {step}{repeat}; the run stopped. Last good "
-                f"checkpoint: {last}. Resume from it with --resume (a lower optim.lr or "
-                "train.precision=fp32 may help), or set train.on_nan=skip_step to skip such steps"
-            )
-        self.warn(f"imagejepa: warning: non-finite {problem} at step {step}: step skipped "
-                  "(train.on_nan=skip_step)")
+        """One optimiser step on this rank's part ``(b, C, H, W)`` of the global batch."""
+        return self.stepper(images, step, self.schedules.at(step))
 
     def _note_skipped_files(self, skipped: list[tuple[str, str]]) -> None:
         """Warn once per unreadable file; stop when more than data.max_bad_fraction are bad."""
@@ -201,11 +134,17 @@ class Trainer:
 
         ``signals``: stop signals already being caught (the command line catches them from
         its start, so that one arriving while the run is built still ends in exit 75)."""
-        if signals is not None and signals.received:
-            raise Preempted(signals.received, self.step, None)
-        cfg = self.cfg.train
+        catching = contextlib.nullcontext(signals) if signals is not None else StopSignals()
+        with catching as signals:
+            if agree_after_step(self.processes, signals.received is not None, 0.0).stop:
+                raise Preempted(self._signal_name(signals), self.step, None)
+            return self._loop(signals)
+
+    def _loop(self, signals: StopSignals) -> dict[str, float]:
+        cfg, main = self.cfg.train, self.processes.is_main
         stop = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
-        self._prepare_run_dir()
+        if main:
+            self._prepare_run_dir()
         clock, length = None, f"steps {self.step} -> {stop} of {self.total_steps}"
         if cfg.budget_minutes is not None:
             clock = budget.BudgetClock(cfg.budget_minutes, self.max_steps, self.step,
@@ -214,37 +153,35 @@ class Trainer:
                       f"training (at most {self.max_steps})")
         self.log(
             f"imagejepa: {self.cfg.model.arch}/{self.cfg.model.patch_size} on "
-            f"{self.cfg.data.dataset} ({len(self.dataset)} images), {self.device} {self.precision}, "
-            f"{length}, run dir {self.run_dir}"
+            f"{self.cfg.data.dataset} ({len(self.dataset)} images), {self._where()} {self.precision}, "
+            f"{self._batch()}, {length}, run dir {self.run_dir}"
         )
-        start_time = last_ckpt_time = time.perf_counter()
-        seconds_before = self.train_seconds
+        start_time = time.perf_counter()
+        seconds_before, last_ckpt_seconds = self.train_seconds, 0.0
         last = {}
         bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
-                   dynamic_ncols=True, mininterval=1.0)
-        catching = contextlib.nullcontext(signals) if signals is not None else StopSignals()
+                   dynamic_ncols=True, mininterval=1.0, disable=not main)
         # The bar is closed before any error propagates, so an error message is the last line.
-        with (open(self.run_dir / "metrics.csv", "a", newline="") as f, catching as signals, bar,
+        with (MetricsLog(self.run_dir / "metrics.csv", self.step, writes=main) as metrics, bar,
               contextlib.closing(iter(self.loader)) as batches):
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             while self.step < stop:
-                if signals.received:  # before this process's first step (later ones stop below)
-                    raise Preempted(signals.received, self.step, None)
                 t0 = time.perf_counter()
                 images, _, skipped = _next_batch(batches)
                 if skipped:
                     self._note_skipped_files(skipped)
                 last = self.train_step(images, self.step)
                 now = time.perf_counter()
+                agreed = agree_after_step(self.processes, signals.received is not None,
+                                          now - start_time, len(skipped))
                 last.update(step=self.step, epoch=self.step // self.steps_per_epoch,
-                            skipped_images=len(skipped),
-                            img_per_s=images.shape[0] / (now - t0), elapsed_s=now - start_time)
-                writer.writerow({k: _fmt(v) for k, v in last.items()})
+                            skipped_images=agreed.skipped_images,
+                            img_per_s=self.cfg.data.batch_size / (now - t0), elapsed_s=agreed.main_seconds)
+                metrics.write(last)
                 warning = self.monitor.update(self.step, last["target_std"])
-                if warning:
+                if warning and main:
                     self.warn(warning)
                 self.step += 1
-                self.train_seconds = seconds_before + time.perf_counter() - start_time
+                self.train_seconds = seconds_before + agreed.main_seconds
                 bar.update(1)
                 fits = clock.observe(self.step, self.train_seconds) if clock else None
                 if fits is not None:
@@ -252,27 +189,29 @@ class Trainer:
                     stop = self._refit(fits, clock.steps_per_s)
                     bar.total = stop
                     bar.refresh()
-                if self.step % cfg.log_every == 0 or self.step == stop or signals.received:
-                    f.flush()
+                if self.step % cfg.log_every == 0 or self.step == stop or agreed.stop:
+                    metrics.flush()
                     bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
                                     img_s=f"{last['img_per_s']:.0f}")
-                if signals.received:
+                if agreed.stop:
                     break
-                out_of_time = cfg.max_minutes is not None and now - start_time > 60 * cfg.max_minutes
+                out_of_time = cfg.max_minutes is not None and agreed.main_seconds > 60 * cfg.max_minutes
                 due = (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0) or (
-                    cfg.checkpoint_every_minutes and now - last_ckpt_time > 60 * cfg.checkpoint_every_minutes
+                    cfg.checkpoint_every_minutes
+                    and agreed.main_seconds - last_ckpt_seconds > 60 * cfg.checkpoint_every_minutes
                 )
                 if due and self.step < stop and not out_of_time:
-                    f.flush()  # the metrics of every step a checkpoint holds are on disk too
+                    metrics.flush()  # the metrics of every step a checkpoint holds are on disk too
                     self.save()
-                    last_ckpt_time = time.perf_counter()
+                    last_ckpt_seconds = agreed.main_seconds
+                    # A signal that arrived during the save: that save is the one to stop at.
+                    if agree_after_step(self.processes, signals.received is not None, 0.0).stop:
+                        break
                 if out_of_time:
                     self.log(f"imagejepa: time limit of {cfg.max_minutes} min reached at step {self.step}")
                     break
-                if signals.received:  # arrived during the periodic save: that save is the one
-                    break
             bar.close()
-            f.flush()
+            metrics.flush()
             # Still inside StopSignals: a SIGTERM now must not interrupt the final save.
             path = self.save()
         if clock is not None and len(self.schedules.fits) > 2:
@@ -280,10 +219,28 @@ class Trainer:
                      f"speed; it ends at step {self.total_steps}, {self.train_seconds / 60:.1f} min trained")
         if self.bad_files:
             self.log(f"imagejepa: skipped {len(self.bad_files)} unreadable image file(s), named above")
-        if signals.received:
-            raise Preempted(signals.received, self.step, path)
+        stopped = agree_after_step(self.processes, signals.received is not None, 0.0).stop
+        if stopped:
+            raise Preempted(self._signal_name(signals), self.step, path)
         self.log(f"imagejepa: saved {path}")
         return last
+
+    def _signal_name(self, signals: StopSignals) -> str:
+        return signals.received or SIGNAL_ELSEWHERE
+
+    def _where(self) -> str:
+        p = self.processes
+        if not p.started:
+            return str(self.device)
+        return f"{p.world_size} process(es) on {self.device.type} (DDP)"
+
+    def _batch(self) -> str:
+        b, p = self.cfg.data.batch_size, self.processes
+        text = f"batch {b}"
+        if p.world_size > 1:
+            text = f"global batch {b} = {b // p.world_size} per process x {p.world_size}"
+        note = self.cfg.source_note
+        return f"{text} ({note})" if note else text
 
     def _refit(self, fits: list[tuple[int, int]], steps_per_s: float) -> int:
         """Follow the budgeted schedule along ``fits`` from now on, and record them in
@@ -292,7 +249,8 @@ class Trainer:
         self.cfg.optim.schedule_fits = fits
         self.schedules = Schedules.from_config(self.cfg.optim, self.steps_per_epoch, fits)
         self.total_steps = self.schedules.total_steps
-        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        if self.processes.is_main:
+            atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         if len(fits) == 2:
             self.log(
                 f"imagejepa: {steps_per_s:.2f} steps/s: the schedule ends at step {self.total_steps} "
@@ -305,41 +263,34 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
-        # Both files are replaced atomically: a kill here must not spoil the next --resume.
+        # Replaced atomically: a kill here must not spoil the next --resume (nor does the
+        # rewrite of metrics.csv in MetricsLog).
         atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
-        metrics = self.run_dir / "metrics.csv"
-        rows = []
-        if metrics.exists():  # keep only rows of steps before the one we continue from
-            with open(metrics, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) < self.step]
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(metrics, text.getvalue())
 
     def _recover(self) -> None:
         tidied = ckpt.recover(self.run_dir / "checkpoints")
         if tidied:
             self.log(f"imagejepa: tidied what an interrupted save left: {', '.join(tidied)}")
 
-    # -- checkpoints ---------------------------------------------------------------------
+    # -- checkpoints (state.py) ------------------------------------------------------------
     def save(self) -> Path:
-        """Write the checkpoint of the current step (once per step); returns its folder."""
+        """Write the checkpoint of the current step (once per step; rank 0 only, the others
+        return the folder it writes); returns its folder."""
         if self.last_checkpoint is not None and self.last_checkpoint.name == ckpt.checkpoint_name(self.step):
             return self.last_checkpoint  # already saved: same step, same state
-        tensors = {
-            f"{name}.{k}": v
-            for name in ("encoder", "target_encoder", "predictor")
-            for k, v in getattr(self.model, name).state_dict().items()
-        }
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "train_seconds": self.train_seconds,
-        }
-        meta = {
+        checkpoints = self.run_dir / "checkpoints"
+        if self.processes.is_main:
+            path = save_training_state(
+                checkpoints, self.step, self.model, self.optimizer, self.train_seconds, self._meta(),
+                self.cfg.train.keep_last, self.cfg.train.keep_every, self.last_checkpoint,
+            )
+        else:
+            path = checkpoints / ckpt.checkpoint_name(self.step)
+        self.last_checkpoint = self.stepper.last_checkpoint = path
+        return path
+
+    def _meta(self) -> dict:
+        return {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
             "config": self.cfg.to_dict(),
@@ -351,38 +302,14 @@ class Trainer:
             "std": list(self.std),
             "precision": self.precision,
         }
-        try:
-            path = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, tensors, state, meta,
-                                        keep_last=self.cfg.train.keep_last,
-                                        keep_every=self.cfg.train.keep_every)
-        except OSError as e:  # disk full, quota, permissions: stop, losing nothing saved so far
-            previous = self.last_checkpoint or "none"
-            raise ckpt.CheckpointError(
-                f"could not write the checkpoint of step {self.step}: {e}; the previous "
-                f"checkpoint ({previous}) is intact"
-            ) from e
-        self.last_checkpoint = path
-        return path
 
     def _resume(self, fallback: bool) -> None:
-        self._recover()
-        try:
-            folder = ckpt.find_checkpoint(self.run_dir, fallback=fallback, warn=self.warn)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"--resume: {e}") from None
-        except ckpt.CheckpointError as e:
-            raise ckpt.CheckpointError(
-                f"--resume: {e}. Add --fallback to continue from the newest checkpoint that passes"
-            ) from None
-        tensors = ckpt.load_tensors(folder)
-        for name in ("encoder", "target_encoder", "predictor"):
-            getattr(self.model, name).load_state_dict(ckpt.strip_prefix(tensors, name))
-        state = ckpt.load_train_state(folder)
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.step = int(state["step"])
-        self.last_checkpoint = folder
+        if self.processes.is_main:
+            self._recover()
+        barrier(self.processes)  # the others read what rank 0 has tidied
+        folder = find_resume_point(self.run_dir, fallback, self.warn if self.processes.is_main else _quiet)
+        self.step, self.train_seconds = load_training_state(folder, self.model, self.optimizer)
+        self.last_checkpoint = self.stepper.last_checkpoint = folder
         self.log(f"imagejepa: resumed from {folder} at step {self.step}")
 
 
@@ -396,7 +323,3 @@ def _next_batch(batches):
         if len(lines) > 1:
             raise DataError(lines[-1].split(": ", 1)[-1]) from e
         raise
-
-
-def _fmt(value):
-    return f"{value:.9g}" if isinstance(value, float) else value

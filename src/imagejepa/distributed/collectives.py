@@ -1,0 +1,69 @@
+"""The collectives that keep ranks in agreement. Each is one small ``all_reduce`` on the CPU
+(gloo), and returns its input unchanged when only one process trains.
+
+Sums of exact values (0/1 flags, one rank's number plus zeros from the others) come out
+bit-identical on every rank, so decisions taken from them (stop now, checkpoint now, refit
+the schedule to the budget) are the same everywhere without a broadcast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .processes import Processes
+
+
+def _sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def mean_over_ranks(processes: Processes, values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over the ranks (a non-finite value on any rank makes it non-finite)."""
+    if not processes.started:
+        return values
+    sums = _sum(list(values.values()))
+    return {k: s / processes.world_size for k, s in zip(values, sums)}
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What every rank reads after a step: whether to stop, rank 0's clock, images skipped."""
+
+    stop: bool  # a stop signal arrived on some rank
+    main_seconds: float  # rank 0's clock: time limits, budgets and checkpoint intervals use it
+    skipped_images: int  # unreadable files replaced in this step's global batch
+
+
+def agree_after_step(processes: Processes, stop_here: bool, seconds: float,
+                     skipped_images: int = 0) -> Agreement:
+    """One all_reduce of this rank's stop flag, clock (rank 0's only) and skipped-file count."""
+    if not processes.started:
+        return Agreement(stop_here, seconds, skipped_images)
+    stops, main_seconds, skipped = _sum(
+        [float(stop_here), seconds if processes.is_main else 0.0, float(skipped_images)]
+    )
+    return Agreement(stops > 0, main_seconds, int(skipped))
+
+
+def text_from_main(processes: Processes, text: str) -> str:
+    """Rank 0's ``text`` on every rank (e.g. a run folder named after rank 0's clock)."""
+    if not processes.started:
+        return text
+    data = torch.zeros(1024, dtype=torch.uint8)
+    raw = text.encode() if processes.is_main else b""
+    if len(raw) > len(data):
+        raise ValueError(f"text_from_main: {len(raw)} bytes, more than {len(data)}")
+    if raw:
+        data[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    dist.broadcast(data, src=0)
+    return bytes(data.tolist()).rstrip(b"\0").decode()
+
+
+def barrier(processes: Processes) -> None:
+    """Wait for every rank (e.g. until rank 0 has written a checkpoint the others will read)."""
+    if processes.started:
+        dist.barrier()

@@ -1,0 +1,87 @@
+"""Which process this is, from the environment torchrun (or ``srun`` with the same variables)
+sets: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, and ``MASTER_ADDR``/``MASTER_PORT`` for the
+rendezvous of ``init_process_group``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the processes of one run."""
+
+    rank: int = 0
+    local_rank: int = 0  # its index on this machine: which GPU it takes
+    world_size: int = 1
+    started: bool = False  # a torch.distributed process group is running
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes the run folder (metrics, config, checkpoints) and the log."""
+        return self.rank == 0
+
+
+SINGLE = Processes()
+
+
+def _env_int(name: str, default: int | None = None, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise ConfigError(f"environment: RANK is set but {name} is not; launch with torchrun, "
+                              "or set RANK, LOCAL_RANK and WORLD_SIZE together")
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise ConfigError(f"environment {name}={raw!r} is not an integer >= {minimum}")
+    return int(raw)
+
+
+def processes_from_env() -> Processes:
+    """Read the launcher's variables; one process (rank 0 of 1) when ``RANK`` is not set."""
+    if "RANK" not in os.environ:
+        return SINGLE
+    rank, world = _env_int("RANK"), _env_int("WORLD_SIZE", minimum=1)
+    local = _env_int("LOCAL_RANK", default=rank)
+    if rank >= world:
+        raise ConfigError(f"environment RANK={rank} is not below WORLD_SIZE={world}")
+    return Processes(rank, local, world)
+
+
+def start_processes(device: torch.device) -> Processes:
+    """Join the process group the launcher described (no-op for one process not under torchrun).
+
+    CPU tensors go through gloo and CUDA tensors through NCCL, so the trainer's small control
+    tensors stay on the CPU whatever the device. Under torchrun a single process starts a group
+    too, so that DDP is exercised with one GPU exactly as with many."""
+    processes = processes_from_env()
+    if processes is SINGLE:
+        return SINGLE
+    if dist.is_initialized():  # started earlier in this process
+        return _running(processes)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise ConfigError(f"environment: RANK is set but {name} is not; launch with torchrun, or set "
+                              "MASTER_ADDR and MASTER_PORT to rank 0's host and a free port")
+    backend = "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        backend = "cpu:gloo,cuda:nccl"
+    dist.init_process_group(backend=backend, rank=processes.rank, world_size=processes.world_size)
+    return _running(processes)
+
+
+def _running(processes: Processes) -> Processes:
+    return Processes(processes.rank, processes.local_rank, processes.world_size, started=True)
+
+
+def stop_processes(processes: Processes) -> None:
+    """Leave the process group (at the end of a run, on errors too)."""
+    if processes.started and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,63 @@
+"""``metrics.csv``: one row per step, written by rank 0 only.
+
+On start the file is rewritten (atomically) with only the rows of the steps before the one
+the run continues from, so a resumed run never holds a step twice."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from ..utils.files import atomic_write_text
+
+METRIC_COLUMNS = (
+    "step", "epoch", "loss", "lr", "weight_decay", "ema", "target_std", "pred_std",
+    "context_patches", "target_patches", "skipped_images", "skipped_step", "img_per_s", "elapsed_s",
+)
+
+
+class MetricsLog:
+    """``with MetricsLog(path, from_step, writes) as log: log.write(row); log.flush()``.
+
+    ``writes=False`` (ranks other than 0) makes every method a no-op."""
+
+    def __init__(self, path: Path, from_step: int, writes: bool = True):
+        self.path, self.writes = Path(path), writes
+        self._file = self._writer = None
+        if writes:
+            self._keep_rows_before(from_step)
+
+    def _keep_rows_before(self, step: int) -> None:
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) < step]
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, text.getvalue())
+
+    def __enter__(self) -> MetricsLog:
+        if self.writes:
+            self._file = open(self.path, "a", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        return self
+
+    def write(self, row: dict) -> None:
+        if self._writer is not None:
+            self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
+
+
+def _fmt(value):
+    return f"{value:.9g}" if isinstance(value, float) else value
