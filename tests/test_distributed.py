@@ -1,0 +1,250 @@
+"""Several processes on the CPU (gloo), launched as users launch them: torchrun on one node,
+two torchrun agents meeting through c10d, and one process per rank with the environment
+SLURM's ``srun`` gives. Each run is compared with one process training the same global
+batch, to 1e-5 in fp32.
+
+The tiny model of ``helpers.TINY_OVERRIDES`` with a global batch of 16; each subprocess runs
+on one thread (two of them share this machine's cores).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imagejepa import checkpoint as ckpt
+from imagejepa.config import load_config
+from imagejepa.train.preempt import PREEMPTED_EXIT
+from imagejepa.train.trainer import Trainer
+
+from .helpers import TINY_OVERRIDES, catches, child_env, metric_rows
+
+pytestmark = [pytest.mark.distributed,
+              pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed")]
+
+STEPS = 6
+# No time budget (its fits follow the measured speed, which differs from run to run).
+RUN = TINY_OVERRIDES + ["data.batch_size=16", "train.budget_minutes=null", "train.max_minutes=null",
+                        "train.checkpoint_every_steps=null", f"train.max_steps={STEPS}"]
+TOL = 1e-5
+LAUNCH_TIMEOUT = 240
+
+
+def quiet(*_):
+    pass
+
+
+def config_file(folder: Path, *extra: str) -> Path:
+    path = folder / "run.yaml"
+    path.write_text(load_config(None, RUN + list(extra)).to_yaml())
+    return path
+
+
+def pretrain(run_dir: Path, *extra: str, config: Path | None = None) -> list[str]:
+    """``imagejepa pretrain`` arguments (after ``-m imagejepa``) for the tiny run."""
+    config = config or config_file(run_dir.parent)
+    args = ["pretrain", "--config", str(config), "--run-dir", str(run_dir)]
+    for item in extra:
+        args += ["--set", item]
+    return args
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, env=child_env(), capture_output=True, text=True,
+                          timeout=LAUNCH_TIMEOUT, **kwargs)
+
+
+def one_process(run_dir: Path, *extra: str) -> Path:
+    """The reference: one process, in this one, training the whole global batch."""
+    Trainer(load_config(None, RUN + list(extra)), run_dir, log=quiet, warn=quiet).fit()
+    return run_dir
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [float(r["loss"]) for r in metric_rows(run_dir)]
+
+
+def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load_tensors(ckpt.find_checkpoint(run_dir))
+
+
+def assert_same_training(run_dir: Path, reference: Path) -> None:
+    """Same loss at every step and the same final weights (all three networks), to 1e-5."""
+    got, want = losses(run_dir), losses(reference)
+    assert [int(r["step"]) for r in metric_rows(run_dir)] == list(range(len(want)))
+    assert got == pytest.approx(want, abs=TOL, rel=TOL)
+    a, b = final_tensors(run_dir), final_tensors(reference)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < TOL, worst
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    return one_process(tmp_path_factory.mktemp("one") / "run")
+
+
+def test_two_processes_train_like_one_process_with_the_global_batch(tmp_path, reference):
+    """2 processes x 8 = 1 process x 16 = 1 process x 8 x grad_accum 2; rank 0 alone writes."""
+    run_dir = tmp_path / "two"
+    done = run(torchrun("--standalone", "--nproc-per-node", "2", "-m", "imagejepa", *pretrain(run_dir)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_training(run_dir, reference)
+    assert_same_training(one_process(tmp_path / "accum", "optim.grad_accum=2"), reference)
+    # One start-up line (rank 0's), saying how the global batch is split; one checkpoint.
+    start = [line for line in done.stdout.splitlines() if line.startswith("imagejepa: vit_tiny")]
+    assert len(start) == 1 and "2 process(es) on cpu (DDP)" in start[0], done.stdout
+    assert "global batch 16 = 8 per process x 2" in start[0]
+    assert [p.name for p in (run_dir / "checkpoints").glob("step_*")] == [f"step_{STEPS:08d}"]
+    assert not list(tmp_path.glob("two*/**/.tmp-*"))
+
+
+def test_a_run_started_on_two_processes_resumes_on_one(tmp_path, reference):
+    """The checkpoint does not depend on the number of processes; on one process the same
+    global batch is reached with optim.grad_accum=2, and the run ends as if never stopped."""
+    run_dir = tmp_path / "run"
+    config = config_file(tmp_path)
+    first = run(torchrun("--standalone", "--nproc-per-node", "2", "-m", "imagejepa",
+                         *pretrain(run_dir, "train.max_steps=3", config=config)))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert ckpt.find_checkpoint(run_dir).name == "step_00000003"
+    second = run([sys.executable, "-m", "imagejepa", *pretrain(run_dir, "optim.grad_accum=2", config=config),
+                  "--resume"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+    assert_same_training(run_dir, reference)
+
+
+def test_two_torchrun_agents_meet_through_c10d_and_match_one_process(tmp_path, reference):
+    """Two nodes as two agents on localhost: --nnodes 2, one process each, c10d rendezvous."""
+    run_dir, port = tmp_path / "run", free_port()
+    config = config_file(tmp_path)
+    agents = [
+        subprocess.Popen(
+            torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                     "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+                     "-m", "imagejepa", *pretrain(run_dir, config=config)),
+            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [agent.communicate(timeout=LAUNCH_TIMEOUT) for agent in agents]
+    for agent, (_, err) in zip(agents, outputs):
+        assert agent.returncode == 0, err[-3000:]
+    assert sum("2 process(es) on cpu" in out for out, _ in outputs) == 1  # rank 0's agent only
+    assert_same_training(run_dir, reference)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        if re.search(rf"^PPid:\s+{pid}$", text, re.M):
+            found.append(int(status.parent.name))
+    return sorted(found)
+
+
+def wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate()
+            pytest.fail(f"gave up waiting for {what}: exit {proc.returncode}\n{err[-3000:]}")
+        time.sleep(0.005)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_killed(tmp_path):
+    """torchrun --max-restarts 1 with pretrain --resume auto: SIGKILL one worker after the
+    first checkpoint; the agent restarts the group, which continues from that checkpoint."""
+    steps = 40
+    extra = [f"train.max_steps={steps}", "train.checkpoint_every_steps=5"]
+    reference = one_process(tmp_path / "one" / "run", *extra)
+    run_dir = tmp_path / "run"
+    agent = subprocess.Popen(
+        torchrun("--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--monitor-interval", "0.2",
+                 "-m", "imagejepa", *pretrain(run_dir, *extra), "--resume", "auto"),
+        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), "the first checkpoint", agent)
+    workers = children(agent.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = agent.communicate(timeout=LAUNCH_TIMEOUT)
+    assert agent.returncode == 0, err[-3000:]
+    resumed = re.findall(r"resumed from \S+step_(\d+) at step (\d+)", out)
+    assert resumed and int(resumed[0][1]) < steps, out  # the restarted group continued the run
+    assert_same_training(run_dir, reference)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_sigterm_to_the_group_stops_every_rank_after_the_same_step(tmp_path):
+    """As a cluster pre-empts a job: SIGTERM to torchrun and its workers at once. The ranks
+    agree, stop after the same step, and rank 0 writes one checkpoint of that step."""
+    run_dir = tmp_path / "run"
+    agent = subprocess.Popen(
+        torchrun("--standalone", "--nproc-per-node", "2", "-m", "imagejepa",
+                 *pretrain(run_dir, "train.max_steps=100000", "optim.epochs=1000")),
+        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(lambda: len(metric_rows(run_dir)) >= 3, "three steps", agent)
+    os.killpg(agent.pid, signal.SIGTERM)
+    _, err = agent.communicate(timeout=LAUNCH_TIMEOUT)
+    stopped = re.findall(r"imagejepa pretrain: SIGTERM received: stopped after step (\d+)", err)
+    assert len(stopped) == 2 and stopped[0] == stopped[1], err[-3000:]
+    step = int(stopped[0])
+    assert [p.name for p in (run_dir / "checkpoints").glob("step_*")] == [f"step_{step:08d}"]
+    assert [int(r["step"]) for r in metric_rows(run_dir)] == list(range(step))
+
+
+def srun_like(rank: int, world: int, port: int, args: list[str]) -> subprocess.Popen:
+    """One rank started as ``srun`` starts it: no torchrun, the rendezvous in the environment."""
+    env = child_env() | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return subprocess.Popen([sys.executable, "-m", "imagejepa", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status (Linux)")
+@pytest.mark.parametrize("resume", [False, True])
+def test_sigterm_during_start_up_exits_75_on_every_rank(tmp_path, resume):
+    """SLURM requeues on 75: a stop signal while the ranks load PyTorch, build the run and
+    meet must end every rank with 75, with nothing trained or saved."""
+    run_dir = tmp_path / "run"
+    config = config_file(tmp_path)
+    if resume:
+        one_process(run_dir, "train.max_steps=2")
+    args = pretrain(run_dir, "train.max_steps=4", config=config) + (["--resume"] if resume else [])
+    port = free_port()
+    ranks = [srun_like(rank, 2, port, args) for rank in range(2)]
+    for proc in ranks:
+        wait_for(lambda: catches(proc.pid, signal.SIGTERM), "the stop-signal handler", proc)
+    for proc in ranks:
+        proc.send_signal(signal.SIGTERM)
+    errors = [proc.communicate(timeout=LAUNCH_TIMEOUT)[1] for proc in ranks]
+    assert [proc.returncode for proc in ranks] == [PREEMPTED_EXIT] * 2, errors
+    for err in errors:
+        assert "SIGTERM received: stopped before" in err.strip().splitlines()[-1], err[-2000:]
+    assert len(metric_rows(run_dir)) == (2 if resume else 0)
+    names = [p.name for p in (run_dir / "checkpoints").glob("step_*")]
+    assert names == (["step_00000002"] if resume else [])
