@@ -16,7 +16,8 @@ FAILURE_EXIT, USAGE_EXIT = 1, 2
 EXIT_CODES = """exit codes:
   0   finished
   1   the run failed: damaged checkpoint, non-finite loss, too many unreadable images,
-      disk full; one line names the cause, and the checkpoints already written are intact
+      disk full, another process of the run died; one line names the cause, and the
+      checkpoints already written are intact
   2   usage or configuration error (one line naming the key or argument)
   75  pre-empted: SIGTERM, SIGINT or SIGUSR1 (SLURM --signal=USR1@SECONDS) arrived, the
       current step was finished and checkpointed (nothing to save if it came before the

@@ -73,5 +73,9 @@ class DataError(RunError, RuntimeError):
     """The data cannot be used: too many unreadable files, or one with ``data.on_error: raise``."""
 
 
+class LostProcessError(RunError, RuntimeError):
+    """Another process of a multi-process run failed or vanished mid-run."""
+
+
 class NonFiniteError(RunError, RuntimeError):
     """A non-finite loss or gradient; the message names the step and the last good checkpoint."""

@@ -4,10 +4,10 @@ needs to keep every rank in agreement (collectives.py). One process needs none o
 every function here is a no-op when no process group was started."""
 
 from .collectives import Agreement, agree_after_step, barrier, mean_over_ranks, text_from_main
-from .processes import SINGLE, Processes, processes_from_env, start_processes, stop_processes
+from .processes import SINGLE, Processes, lost_contact, processes_from_env, start_processes, stop_processes
 from .wrap import wrap_data_parallel
 
 __all__ = [
-    "SINGLE", "Agreement", "Processes", "agree_after_step", "barrier", "mean_over_ranks",
+    "SINGLE", "Agreement", "Processes", "agree_after_step", "barrier", "lost_contact", "mean_over_ranks",
     "processes_from_env", "start_processes", "stop_processes", "text_from_main", "wrap_data_parallel",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,9 @@ class Processes:
 
 
 SINGLE = Processes()
+# How long a rank waits for the others (to meet, in a collective): nodes of a job may start
+# minutes apart, and rank 0 writes checkpoints while the others wait.
+TIMEOUT = timedelta(minutes=30)
 
 
 def _env_int(name: str, default: int | None = None, minimum: int = 0) -> int:
@@ -73,12 +77,39 @@ def start_processes(device: torch.device) -> Processes:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend=backend, rank=processes.rank, world_size=processes.world_size)
+    dist.init_process_group(backend=backend, store=_store(processes), rank=processes.rank,
+                            world_size=processes.world_size, timeout=TIMEOUT)
     return _running(processes)
+
+
+def _store(processes: Processes) -> dist.Store:
+    """The key-value store the ranks meet through, with the keys of this attempt only.
+
+    After torchrun restarts a group (``--max-restarts``) the new workers meet in the same
+    store as the dead ones: torchrun's agent serves it, and PyTorch does not separate the
+    attempts, so a rank could read the address of a dead rank and fail to connect. The
+    prefix ``TORCHELASTIC_RESTART_COUNT`` keeps each attempt's keys apart."""
+    host, port = os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", minimum=1)
+    agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, processes.world_size, is_master=processes.is_main and not agent_serves,
+                          timeout=TIMEOUT, multi_tenant=True)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"imagejepa/attempt_{attempt}", store)
 
 
 def _running(processes: Processes) -> Processes:
     return Processes(processes.rank, processes.local_rank, processes.world_size, started=True)
+
+
+def lost_contact(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank died or vanished
+    (gloo: the connection was reset or closed; NCCL: a remote error or a timeout)."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        mark in text for mark in ("/gloo/", "Connection reset by peer", "Connection closed by peer", "NCCL")
+    )
 
 
 def stop_processes(processes: Processes) -> None:

@@ -32,8 +32,8 @@ from tqdm import tqdm
 from .. import checkpoint as ckpt
 from ..config import Config
 from ..data import DataError
-from ..distributed import SINGLE, Processes, agree_after_step, barrier, wrap_data_parallel
-from ..errors import NonFiniteError
+from ..distributed import SINGLE, Processes, agree_after_step, barrier, lost_contact, wrap_data_parallel
+from ..errors import LostProcessError, NonFiniteError
 from ..masking import Masks
 from ..monitor import CollapseMonitor
 from ..runtime import resolve_device, resolve_precision
@@ -136,9 +136,20 @@ class Trainer:
         its start, so that one arriving while the run is built still ends in exit 75)."""
         catching = contextlib.nullcontext(signals) if signals is not None else StopSignals()
         with catching as signals:
-            if agree_after_step(self.processes, signals.received is not None, 0.0).stop:
-                raise Preempted(self._signal_name(signals), self.step, None)
-            return self._loop(signals)
+            try:
+                if agree_after_step(self.processes, signals.received is not None, 0.0).stop:
+                    raise Preempted(self._signal_name(signals), self.step, None)
+                return self._loop(signals)
+            except RuntimeError as e:
+                if not (self.processes.started and lost_contact(e)):
+                    raise
+                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise LostProcessError(
+                    f"rank {self.processes.rank}: lost contact with the other processes at step "
+                    f"{self.step} ({first_line[:200]}); another rank has probably failed, see its "
+                    f"messages. Last checkpoint: {self.last_checkpoint or 'none yet'}; continue with "
+                    "--resume (torchrun --max-restarts with --resume auto does it by itself)"
+                ) from e
 
     def _loop(self, signals: StopSignals) -> dict[str, float]:
         cfg, main = self.cfg.train, self.processes.is_main
