@@ -80,9 +80,13 @@ def official_save_dict(model, epoch: int = 7) -> dict:
 
 
 def child_env() -> dict[str, str]:
-    """The environment of a training subprocess: this checkout's ``src`` first, one thread."""
+    """The environment of a training subprocess: this checkout's ``src`` first, one thread, and
+    this interpreter's ``bin`` first on ``PATH`` (``imagejepa`` and ``torchrun``, for the scripts)."""
+    import sys
+
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
     env["OMP_NUM_THREADS"] = "1"
     return env
 

@@ -1,7 +1,7 @@
-"""Several processes on the CPU (gloo), launched as users launch them: torchrun on one node,
-two torchrun agents meeting through c10d, and one process per rank with the environment
-SLURM's ``srun`` gives. Each run is compared with one process training the same global
-batch, to 1e-5 in fp32.
+"""Several processes on the CPU (gloo), launched as users launch them, with the launch
+scripts of ``scripts/``: torchrun on one node, two torchrun agents meeting through c10d, and
+SLURM's ``srun`` starting one process per rank (a stand-in ``srun`` and ``scontrol`` here).
+Each run is compared with one process training the same global batch, to 1e-5 in fp32.
 
 The tiny model of ``helpers.TINY_OVERRIDES`` with a global batch of 16; each subprocess runs
 on one thread (two of them share this machine's cores).
@@ -26,7 +26,7 @@ from imagejepa.config import load_config
 from imagejepa.train.preempt import PREEMPTED_EXIT
 from imagejepa.train.trainer import Trainer
 
-from .helpers import TINY_OVERRIDES, catches, child_env, metric_rows
+from .helpers import ROOT, TINY_OVERRIDES, catches, child_env, metric_rows
 
 pytestmark = [pytest.mark.distributed,
               pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed")]
@@ -58,8 +58,27 @@ def pretrain(run_dir: Path, *extra: str, config: Path | None = None) -> list[str
     return args
 
 
-def torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *args]
+def script(name: str, run_dir: Path, **settings) -> tuple[list[str], dict[str, str]]:
+    """``scripts/NAME`` on the tiny run: the command and its environment (``settings`` are the
+    script's variables: GPUS, MAX_RESTARTS, ...)."""
+    config = settings.pop("config", None) or config_file(run_dir.parent)
+    env = child_env() | {"CONFIG": str(config), "RUN_DIR": str(run_dir)}
+    env.update({k.upper(): str(v) for k, v in settings.items()})
+    return ["bash", str(ROOT / "scripts" / name)], env
+
+
+def start(name: str, run_dir: Path, *extra: str, **settings) -> subprocess.Popen:
+    command, env = script(name, run_dir, **settings)
+    for item in extra:
+        command += ["--set", item]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def run_script(name: str, run_dir: Path, *extra: str, **settings) -> tuple[int, str, str]:
+    proc = start(name, run_dir, *extra, **settings)
+    out, err = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    return proc.returncode, out, err
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -104,16 +123,17 @@ def reference(tmp_path_factory) -> Path:
 
 
 def test_two_processes_train_like_one_process_with_the_global_batch(tmp_path, reference):
-    """2 processes x 8 = 1 process x 16 = 1 process x 8 x grad_accum 2; rank 0 alone writes."""
+    """2 processes x 8 = 1 process x 16 = 1 process x 8 x grad_accum 2; rank 0 alone writes.
+    (scripts/train_single_node.sh with GPUS=2: torchrun --standalone.)"""
     run_dir = tmp_path / "two"
-    done = run(torchrun("--standalone", "--nproc-per-node", "2", "-m", "imagejepa", *pretrain(run_dir)))
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, out, err = run_script("train_single_node.sh", run_dir, gpus=2, max_restarts=0)
+    assert code == 0, err[-3000:]
     assert_same_training(run_dir, reference)
     assert_same_training(one_process(tmp_path / "accum", "optim.grad_accum=2"), reference)
     # One start-up line (rank 0's), saying how the global batch is split; one checkpoint.
-    start = [line for line in done.stdout.splitlines() if line.startswith("imagejepa: vit_tiny")]
-    assert len(start) == 1 and "2 process(es) on cpu (DDP)" in start[0], done.stdout
-    assert "global batch 16 = 8 per process x 2" in start[0]
+    lines = [line for line in out.splitlines() if line.startswith("imagejepa: vit_tiny")]
+    assert len(lines) == 1 and "2 process(es) on cpu (DDP)" in lines[0], out
+    assert "global batch 16 = 8 per process x 2" in lines[0]
     assert [p.name for p in (run_dir / "checkpoints").glob("step_*")] == [f"step_{STEPS:08d}"]
     assert not list(tmp_path.glob("two*/**/.tmp-*"))
 
@@ -123,9 +143,8 @@ def test_a_run_started_on_two_processes_resumes_on_one(tmp_path, reference):
     global batch is reached with optim.grad_accum=2, and the run ends as if never stopped."""
     run_dir = tmp_path / "run"
     config = config_file(tmp_path)
-    first = run(torchrun("--standalone", "--nproc-per-node", "2", "-m", "imagejepa",
-                         *pretrain(run_dir, "train.max_steps=3", config=config)))
-    assert first.returncode == 0, first.stderr[-3000:]
+    code, _, err = run_script("train_single_node.sh", run_dir, "train.max_steps=3", config=config, gpus=2)
+    assert code == 0, err[-3000:]
     assert ckpt.find_checkpoint(run_dir).name == "step_00000003"
     second = run([sys.executable, "-m", "imagejepa", *pretrain(run_dir, "optim.grad_accum=2", config=config),
                   "--resume"])
@@ -135,17 +154,12 @@ def test_a_run_started_on_two_processes_resumes_on_one(tmp_path, reference):
 
 
 def test_two_torchrun_agents_meet_through_c10d_and_match_one_process(tmp_path, reference):
-    """Two nodes as two agents on localhost: --nnodes 2, one process each, c10d rendezvous."""
+    """Two nodes as two agents on localhost: --nnodes 2, one process each, c10d rendezvous
+    (scripts/train_two_nodes.sh run twice, as on two machines)."""
     run_dir, port = tmp_path / "run", free_port()
     config = config_file(tmp_path)
-    agents = [
-        subprocess.Popen(
-            torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-                     "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
-                     "-m", "imagejepa", *pretrain(run_dir, config=config)),
-            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
+    agents = [start("train_two_nodes.sh", run_dir, config=config, master="127.0.0.1", port=port,
+                    nodes=2, gpus=1, job_id="two-nodes") for _ in range(2)]
     outputs = [agent.communicate(timeout=LAUNCH_TIMEOUT) for agent in agents]
     for agent, (_, err) in zip(agents, outputs):
         assert agent.returncode == 0, err[-3000:]
@@ -177,16 +191,14 @@ def wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 120)
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_killed(tmp_path):
-    """torchrun --max-restarts 1 with pretrain --resume auto: SIGKILL one worker after the
-    first checkpoint; the agent restarts the group, which continues from that checkpoint."""
+    """torchrun --max-restarts 1 with pretrain --resume auto (scripts/train_single_node.sh):
+    SIGKILL one worker after the first checkpoint; the agent restarts the group, which
+    continues from the last checkpoint."""
     steps = 40
     extra = [f"train.max_steps={steps}", "train.checkpoint_every_steps=5"]
     reference = one_process(tmp_path / "one" / "run", *extra)
     run_dir = tmp_path / "run"
-    agent = subprocess.Popen(
-        torchrun("--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--monitor-interval", "0.2",
-                 "-m", "imagejepa", *pretrain(run_dir, *extra), "--resume", "auto"),
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    agent = start("train_single_node.sh", run_dir, *extra, gpus=2, max_restarts=1)
     wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), "the first checkpoint", agent)
     workers = children(agent.pid)
     assert len(workers) == 2, workers
@@ -195,6 +207,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_killed(tmp_pa
     assert agent.returncode == 0, err[-3000:]
     resumed = re.findall(r"resumed from \S+step_(\d+) at step (\d+)", out)
     assert resumed and int(resumed[0][1]) < steps, out  # the restarted group continued the run
+    assert "imagejepa pretrain: error: rank 0: lost contact with the other processes" in err  # one line
     assert_same_training(run_dir, reference)
 
 
@@ -203,10 +216,7 @@ def test_sigterm_to_the_group_stops_every_rank_after_the_same_step(tmp_path):
     """As a cluster pre-empts a job: SIGTERM to torchrun and its workers at once. The ranks
     agree, stop after the same step, and rank 0 writes one checkpoint of that step."""
     run_dir = tmp_path / "run"
-    agent = subprocess.Popen(
-        torchrun("--standalone", "--nproc-per-node", "2", "-m", "imagejepa",
-                 *pretrain(run_dir, "train.max_steps=100000", "optim.epochs=1000")),
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    agent = start("train_single_node.sh", run_dir, "train.max_steps=100000", "optim.epochs=1000", gpus=2)
     wait_for(lambda: len(metric_rows(run_dir)) >= 3, "three steps", agent)
     os.killpg(agent.pid, signal.SIGTERM)
     _, err = agent.communicate(timeout=LAUNCH_TIMEOUT)
@@ -238,7 +248,7 @@ def test_sigterm_during_start_up_exits_75_on_every_rank(tmp_path, resume):
     port = free_port()
     ranks = [srun_like(rank, 2, port, args) for rank in range(2)]
     for proc in ranks:
-        wait_for(lambda: catches(proc.pid, signal.SIGTERM), "the stop-signal handler", proc)
+        wait_for(lambda p=proc: catches(p.pid, signal.SIGTERM), "the stop-signal handler", proc)
     for proc in ranks:
         proc.send_signal(signal.SIGTERM)
     errors = [proc.communicate(timeout=LAUNCH_TIMEOUT)[1] for proc in ranks]
@@ -248,3 +258,60 @@ def test_sigterm_during_start_up_exits_75_on_every_rank(tmp_path, resume):
     assert len(metric_rows(run_dir)) == (2 if resume else 0)
     names = [p.name for p in (run_dir / "checkpoints").glob("step_*")]
     assert names == (["step_00000002"] if resume else [])
+
+
+FAKE_SRUN = """#!{python}
+# srun as far as scripts/slurm_vith14.sbatch needs it: SLURM_NTASKS tasks on this machine,
+# each with its SLURM_PROCID and SLURM_LOCALID; exits with the highest exit code of the tasks.
+import os, subprocess, sys
+command = [a for a in sys.argv[1:] if not a.startswith("--kill-on-bad-exit")]
+tasks = [subprocess.Popen(command, env=os.environ | {{"SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}})
+         for i in range(int(os.environ["SLURM_NTASKS"]))]
+with open(os.environ["FAKE_SRUN_PIDS"], "w") as f:
+    f.write(" ".join(str(t.pid) for t in tasks))
+sys.exit(max(t.wait() for t in tasks))
+"""
+
+FAKE_SCONTROL = """#!/usr/bin/env bash
+# scontrol: `show hostnames` gives this machine; `requeue JOB` is recorded.
+case "$1" in
+    show) echo 127.0.0.1 ;;
+    requeue) echo "$2" >> "$FAKE_SCONTROL_REQUEUED" ;;
+esac
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_slurm_script_requeues_on_usr1_and_the_requeued_job_ends_as_if_never_stopped(tmp_path):
+    """scripts/slurm_vith14.sbatch under a stand-in srun: SIGUSR1 (--signal=USR1@120) to every
+    task mid-run; the ranks stop after the same step, exit 75, the script requeues the job;
+    run again (the requeued job), the run continues and ends equal to one uninterrupted."""
+    steps = 40
+    extra = [f"train.max_steps={steps}"]
+    reference = one_process(tmp_path / "one" / "run", *extra)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN.format(python=sys.executable))
+    (bin_dir / "scontrol").write_text(FAKE_SCONTROL)
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    run_dir, requeued, pids = tmp_path / "run", tmp_path / "requeued", tmp_path / "pids"
+    slurm = {"path": f"{bin_dir}{os.pathsep}{child_env()['PATH']}", "slurm_job_id": 4242,
+             "slurm_job_nodelist": "node1", "slurm_ntasks": 2, "fake_srun_pids": pids,
+             "fake_scontrol_requeued": requeued}
+    config = config_file(tmp_path, *extra)
+    job = start("slurm_vith14.sbatch", run_dir, config=config, **slurm)
+    wait_for(lambda: len(metric_rows(run_dir)) >= 3, "three steps", job)
+    for pid in map(int, pids.read_text().split()):
+        os.kill(pid, signal.SIGUSR1)
+    out, err = job.communicate(timeout=LAUNCH_TIMEOUT)
+    assert job.returncode == PREEMPTED_EXIT, err[-3000:]
+    assert requeued.read_text().split() == ["4242"], out
+    stopped = re.findall(r"SIGUSR1 received: stopped after step (\d+)", err)
+    assert len(stopped) == 2 and stopped[0] == stopped[1], err[-3000:]
+    assert int(stopped[0]) < steps
+    code, out, err = run_script("slurm_vith14.sbatch", run_dir, config=config, **slurm)  # requeued
+    assert code == 0, err[-3000:]
+    assert requeued.read_text().split() == ["4242"]  # not requeued again: the run is complete
+    assert f"resumed from {run_dir}/checkpoints/step_{int(stopped[0]):08d}" in out
+    assert_same_training(run_dir, reference)
