@@ -231,6 +231,23 @@ def test_official_yaml_translation(tmp_path):
     assert cfg.model.arch == "vit_huge"
 
 
+def test_official_batch_size_is_per_process(tmp_path):
+    """The official files give the batch per GPU (128 x 16 GPUs = the paper's 2048): on 16
+    processes the global batch is 2048, and the start-up line is told how it came about."""
+    path = write_yaml(tmp_path / "official.yaml", official_vith14())
+    one, sixteen = load_config(path), load_config(path, world_size=16)
+    assert (one.data.batch_size, sixteen.data.batch_size) == (128, 2048)
+    assert sixteen.source_note == "the official file's batch_size 128 is per process: x 16 process(es) = 2048"
+    assert load_config(path, world_size=2).data.batch_size == 256
+    # A batch given on the command line is ours: global, taken as it is, no note.
+    given = load_config(path, ["data.batch_size=512"], world_size=16)
+    assert given.data.batch_size == 512 and given.source_note is None
+    # Our own files already hold the global batch.
+    ours = load_config(ROOT / "configs" / "in1k_vith14_ep300.yaml", world_size=16)
+    assert ours.data.batch_size == 2048 and ours.source_note is None
+    assert "source_note" not in ours.to_yaml()
+
+
 def test_official_yaml_text_with_yaml11_floats(tmp_path):
     """Floats written like 1e-6 (no dot) are strings in YAML 1.1; they still load as floats."""
     text = yaml.safe_dump(official_vith14()).replace("1.0e-06", "1e-6")

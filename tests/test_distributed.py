@@ -315,3 +315,32 @@ def test_slurm_script_requeues_on_usr1_and_the_requeued_job_ends_as_if_never_sto
     assert requeued.read_text().split() == ["4242"]  # not requeued again: the run is complete
     assert f"resumed from {run_dir}/checkpoints/step_{int(stopped[0]):08d}" in out
     assert_same_training(run_dir, reference)
+
+
+OFFICIAL_TINY = """\
+meta: {model_name: vit_tiny, pred_depth: 1, pred_emb_dim: 48, use_bfloat16: false}
+data: {batch_size: 8, crop_size: 32, crop_scale: [0.3, 1.0], num_workers: 0}
+mask: {patch_size: 8, aspect_ratio: [0.75, 1.5], enc_mask_scale: [0.85, 1.0], pred_mask_scale: [0.15, 0.2],
+       num_pred_masks: 4, min_keep: 2, num_enc_masks: 1, allow_overlap: false}
+optimization: {ema: [0.996, 1.0], epochs: 2, final_lr: 1.0e-6, final_weight_decay: 0.4, ipe_scale: 1.0,
+               lr: 0.001, start_lr: 0.0002, warmup: 0.1, weight_decay: 0.04}
+"""
+
+
+def test_an_official_file_on_two_processes_with_a_time_budget(tmp_path):
+    """An official file's batch_size is per process (8 x 2 = 16, said at start-up), and a
+    time budget, fitted to rank 0's clock, ends every rank at the same step."""
+    official = tmp_path / "official.yaml"
+    official.write_text(OFFICIAL_TINY)
+    run_dir = tmp_path / "run"
+    code, out, err = run_script("train_single_node.sh", run_dir, "data.dataset=synthetic", "model.depth=1",
+                                "train.budget_minutes=0.1", "train.checkpoint_every_steps=null",
+                                config=official, gpus=2, max_restarts=0)
+    assert code == 0, err[-3000:]
+    assert ("global batch 16 = 8 per process x 2 (the official file's batch_size 8 is per process: "
+            "x 2 process(es) = 16)") in out
+    fits = load_config(run_dir / "config.yaml").optim.schedule_fits
+    assert fits and len(fits) >= 2, out  # the budget fitted the schedule's length
+    end = fits[-1][1]
+    assert [int(r["step"]) for r in metric_rows(run_dir)] == list(range(end))
+    assert ckpt.find_checkpoint(run_dir).name == f"step_{end:08d}"

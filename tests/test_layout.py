@@ -5,6 +5,7 @@ cycle instead of removing it)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import imagejepa
@@ -115,3 +116,38 @@ def test_layer_check_finds_a_planted_upward_import():
 
 def test_every_module_has_a_layer_and_imports_only_its_own_or_lower():
     assert upward_imports(module_graph()) == []
+
+
+def readme_layout() -> list[tuple[str, str]]:
+    """``(entry, its description)`` of the README's "Code layout" tree under ``src/imagejepa/``."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("## Code layout", 1)[1].split("```", 2)[1]
+    entries: list[tuple[str, str]] = []
+    for line in block.splitlines():
+        match = re.match(r"^  (\S+)\s*(.*)$", line)
+        if match:
+            entries.append((match.group(1), match.group(2)))
+        elif line.startswith("   ") and entries:  # a description continued
+            name, text_so_far = entries[-1]
+            entries[-1] = (name, f"{text_so_far} {line.strip()}")
+    return entries
+
+
+def test_readme_layout_matches_the_tree():
+    """Every module and package of src/imagejepa is in the README's layout, every entry
+    there exists, and each package's modules are named on its line."""
+    package = ROOT
+    entries = readme_layout()
+    block_text = " ".join(f"{name} {text}" for name, text in entries)
+    skip = ("__init__.py", "__main__.py", "__pycache__")
+    on_disk = {p.name + ("/" if p.is_dir() else "") for p in package.iterdir()
+               if p.name not in skip and (p.is_dir() or p.suffix == ".py")}
+    for name in on_disk:
+        assert re.search(rf"(^|[\s(]){re.escape(name)}", block_text), f"README layout does not list {name}"
+    for name, text in entries:
+        path = package / name.rstrip("/")
+        assert path.exists(), f"README layout lists {name}, which is not in src/imagejepa"
+        if name.endswith("/"):
+            for module in path.glob("*.py"):
+                if module.name != "__init__.py":
+                    assert module.name in text, f"README layout: {name} does not name {module.name}"
