@@ -344,3 +344,52 @@ def test_an_official_file_on_two_processes_with_a_time_budget(tmp_path):
     end = fits[-1][1]
     assert [int(r["step"]) for r in metric_rows(run_dir)] == list(range(end))
     assert ckpt.find_checkpoint(run_dir).name == f"step_{end:08d}"
+
+
+def _rank_with_a_nan(rank: int, world: int, port: int, run_dir: Path, on_nan: str, out: Path) -> None:
+    """One rank of :func:`test_a_non_finite_loss_on_one_rank_is_skipped_or_stops_on_every_rank`:
+    rank 1's loss of step 2 is NaN; rank 0's is not."""
+    from imagejepa.distributed import start_processes, stop_processes
+    from imagejepa.errors import NonFiniteError
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    processes = start_processes(torch.device("cpu"))
+    try:
+        cfg = load_config(None, RUN + [f"train.on_nan={on_nan}", "train.max_steps=5"])
+        trainer = Trainer(cfg, run_dir, log=quiet, warn=quiet, processes=processes)
+        if rank == 1:
+            real_forward, calls = trainer.forward, [0]
+
+            def forward(images, masks):
+                loss, metrics = real_forward(images, masks)
+                calls[0] += 1
+                return (loss * float("nan") if calls[0] == 3 else loss), metrics
+
+            trainer.forward = forward
+        try:
+            trainer.fit()
+            outcome = "finished"
+        except NonFiniteError as e:
+            outcome = str(e)
+        torch.save(trainer.model.state_dict(), out / f"rank{rank}.pt")
+        (out / f"rank{rank}.txt").write_text(outcome)
+    finally:
+        stop_processes(processes)
+
+
+@pytest.mark.parametrize("on_nan", ["skip_step", "stop"])
+def test_a_non_finite_loss_on_one_rank_is_skipped_or_stops_on_every_rank(tmp_path, on_nan):
+    """Ranks agree on a non-finite step: both skip it (and stay identical), or both stop."""
+    run_dir = tmp_path / "run"
+    torch.multiprocessing.spawn(_rank_with_a_nan, args=(2, free_port(), run_dir, on_nan, tmp_path), nprocs=2)
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # still in step
+    if on_nan == "skip_step":
+        assert outcomes == ["finished", "finished"]
+        assert [int(r["skipped_step"]) for r in metric_rows(run_dir)] == [0, 0, 1, 0, 0]
+    else:
+        for outcome in outcomes:
+            assert outcome.startswith("non-finite loss (nan) at step 2; the run stopped"), outcome
