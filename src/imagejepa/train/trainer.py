@@ -33,7 +33,7 @@ from .. import checkpoint as ckpt
 from ..config import Config
 from ..data import DataError
 from ..distributed import SINGLE, Processes, agree_after_step, barrier, lost_contact, wrap_data_parallel
-from ..errors import LostProcessError, NonFiniteError
+from ..errors import ImageJepaError, LostProcessError, NonFiniteError
 from ..masking import Masks
 from ..monitor import CollapseMonitor
 from ..runtime import resolve_device, resolve_precision
@@ -141,15 +141,19 @@ class Trainer:
                     raise Preempted(self._signal_name(signals), self.step, None)
                 return self._loop(signals)
             except RuntimeError as e:
-                if not (self.processes.started and lost_contact(e)):
-                    raise
-                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise LostProcessError(
-                    f"rank {self.processes.rank}: lost contact with the other processes at step "
-                    f"{self.step} ({first_line[:200]}); another rank has probably failed, see its "
-                    f"messages. Last checkpoint: {self.last_checkpoint or 'none yet'}; continue with "
-                    "--resume (torchrun --max-restarts with --resume auto does it by itself)"
-                ) from e
+                if isinstance(e, ImageJepaError) or not (self.processes.started and lost_contact(e)):
+                    raise  # our own errors already say what happened
+                raise self._lost_contact(e) from e
+
+    def _lost_contact(self, error: RuntimeError) -> LostProcessError:
+        """One line instead of a collective's traceback when another rank died."""
+        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+        return LostProcessError(
+            f"rank {self.processes.rank}: lost contact with the other processes at step "
+            f"{self.step} ({first_line[:200]}); another rank has probably failed, see its "
+            f"messages. Last checkpoint: {self.last_checkpoint or 'none yet'}; continue with "
+            "--resume (torchrun --max-restarts with --resume auto does it by itself)"
+        )
 
     def _loop(self, signals: StopSignals) -> dict[str, float]:
         cfg, main = self.cfg.train, self.processes.is_main
