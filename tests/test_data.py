@@ -283,7 +283,7 @@ def test_train_loader_deterministic():
 
 def test_train_loader_batches_are_a_function_of_seed_epoch_index():
     """Batch s of epoch e: images perm_e[s*B:(s+1)*B], each cropped with seed (seed, e, i)."""
-    from imagejepa.data.loader import mix_seed
+    from imagejepa.utils.seeds import mix_seed
 
     loader = small_loader(seed=3)
     ds = make_synthetic(num_images=12, size=16, seed=0)

@@ -18,21 +18,11 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from ..utils.seeds import mix_seed
 from ..utils.signals import ignore_stop_signals_in_worker
 from .base import BadImageError, DataError
 
-MASK64 = (1 << 64) - 1
 MAX_SUBSTITUTES = 16  # broken files in a row before a batch slot gives up
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (splitmix64 finaliser), for independent RNG streams."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x = (x ^ (p & MASK64)) * 0xBF58476D1CE4E5B9 & MASK64
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & MASK64
-        x ^= x >> 29
-    return x & ((1 << 63) - 1)
 
 
 class _Augmented(Dataset):

@@ -14,11 +14,11 @@ import contextlib
 
 import torch
 
-from ..data.loader import mix_seed
 from ..distributed import Processes, mean_over_ranks
 from ..errors import NonFiniteError
 from ..masking import Masks
 from ..runtime import autocast
+from ..utils.seeds import mix_seed
 from .optim import set_lr_and_wd
 
 MASK_STREAM = 0x3A5C

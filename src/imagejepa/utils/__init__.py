@@ -1,2 +1,3 @@
 """Small shared helpers that know nothing of I-JEPA: CPU capabilities (cpu), atomic files and
-content hashes (files), the stop signals (signals)."""
+content hashes (files), independent random streams from one seed (seeds), the stop signals
+(signals)."""
