@@ -237,7 +237,7 @@ def test_official_batch_size_is_per_process(tmp_path):
     path = write_yaml(tmp_path / "official.yaml", official_vith14())
     one, sixteen = load_config(path), load_config(path, world_size=16)
     assert (one.data.batch_size, sixteen.data.batch_size) == (128, 2048)
-    assert sixteen.source_note == "the official file's batch_size 128 is per process: x 16 process(es) = 2048"
+    assert sixteen.source_note == "the official file's batch_size 128 is per process: x 16 processes = 2048"
     assert load_config(path, world_size=2).data.batch_size == 256
     # A batch given on the command line is ours: global, taken as it is, no note.
     given = load_config(path, ["data.batch_size=512"], world_size=16)

@@ -132,7 +132,7 @@ def test_two_processes_train_like_one_process_with_the_global_batch(tmp_path, re
     assert_same_training(one_process(tmp_path / "accum", "optim.grad_accum=2"), reference)
     # One start-up line (rank 0's), saying how the global batch is split; one checkpoint.
     lines = [line for line in out.splitlines() if line.startswith("imagejepa: vit_tiny")]
-    assert len(lines) == 1 and "2 process(es) on cpu (DDP)" in lines[0], out
+    assert len(lines) == 1 and "2 processes on cpu (DDP)" in lines[0], out
     assert "global batch 16 = 8 per process x 2" in lines[0]
     assert [p.name for p in (run_dir / "checkpoints").glob("step_*")] == [f"step_{STEPS:08d}"]
     assert not list(tmp_path.glob("two*/**/.tmp-*"))
@@ -163,7 +163,7 @@ def test_two_torchrun_agents_meet_through_c10d_and_match_one_process(tmp_path, r
     outputs = [agent.communicate(timeout=LAUNCH_TIMEOUT) for agent in agents]
     for agent, (_, err) in zip(agents, outputs):
         assert agent.returncode == 0, err[-3000:]
-    assert sum("2 process(es) on cpu" in out for out, _ in outputs) == 1  # rank 0's agent only
+    assert sum("2 processes on cpu" in out for out, _ in outputs) == 1  # rank 0's agent only
     assert_same_training(run_dir, reference)
 
 
@@ -338,7 +338,7 @@ def test_an_official_file_on_two_processes_with_a_time_budget(tmp_path):
                                 config=official, gpus=2, max_restarts=0)
     assert code == 0, err[-3000:]
     assert ("global batch 16 = 8 per process x 2 (the official file's batch_size 8 is per process: "
-            "x 2 process(es) = 16)") in out
+            "x 2 processes = 16)") in out
     fits = load_config(run_dir / "config.yaml").optim.schedule_fits
     assert fits and len(fits) >= 2, out  # the budget fitted the schedule's length
     end = fits[-1][1]

@@ -102,5 +102,6 @@ def batch_note(data: dict[str, Any], world_size: int) -> str | None:
     per_process = (data.get("data") or {}).get("batch_size")
     if not isinstance(per_process, int):
         return None
-    return (f"the official file's batch_size {per_process} is per process: x {world_size} "
-            f"process(es) = {per_process * world_size}")
+    processes = "1 process" if world_size == 1 else f"{world_size} processes"
+    total = per_process * world_size
+    return f"the official file's batch_size {per_process} is per process: x {processes} = {total}"

@@ -247,7 +247,7 @@ class Trainer:
         p = self.processes
         if not p.started:
             return str(self.device)
-        return f"{p.world_size} process(es) on {self.device.type} (DDP)"
+        return f"{_processes(p.world_size)} on {self.device.type} (DDP)"
 
     def _batch(self) -> str:
         b, p = self.cfg.data.batch_size, self.processes
@@ -326,6 +326,10 @@ class Trainer:
         self.step, self.train_seconds = load_training_state(folder, self.model, self.optimizer)
         self.last_checkpoint = self.stepper.last_checkpoint = folder
         self.log(f"imagejepa: resumed from {folder} at step {self.step}")
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
 
 
 def _next_batch(batches):
