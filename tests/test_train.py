@@ -86,3 +86,29 @@ def test_time_limit_stops_and_checkpoints(tmp_path):
 def test_resume_without_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         Trainer(tiny_config(), tmp_path, resume=True, log=quiet)
+
+
+def test_activation_checkpointing_trains_the_same(tmp_path):
+    """train.activation_checkpointing recomputes each block in the backward pass: the same
+    losses and weights (fp32), and the blocks' activations are really not kept."""
+    plain = Trainer(tiny_config("train.max_steps=3", "model.depth=2"), tmp_path / "plain", log=quiet)
+    plain.fit()
+    cfg = tiny_config("train.max_steps=3", "model.depth=2", "train.activation_checkpointing=true")
+    recomputed = Trainer(cfg, tmp_path / "recomputed", log=quiet)
+    assert recomputed.model.encoder.checkpoint_blocks and recomputed.model.predictor.checkpoint_blocks
+    recomputed.fit()
+    assert losses(tmp_path / "recomputed") == pytest.approx(losses(tmp_path / "plain"), abs=1e-6)
+    a, b = plain.model.state_dict(), recomputed.model.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    # Saved for the backward pass: fewer tensors with recomputation (only the blocks' inputs).
+    images = torch.randn(8, 3, 32, 32)
+    masks = plain.sample_masks(0, 8)
+
+    def saved_tensors(trainer):
+        count = [0]
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: count.__setitem__(0, count[0] + 1) or t,
+                                                      lambda t: t):
+            trainer.forward(images, masks)
+        return count[0]
+
+    assert saved_tensors(recomputed) < saved_tensors(plain) / 2

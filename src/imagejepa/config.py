@@ -91,7 +91,17 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     log_every: int = 10
     compile: bool = False
+    # Recompute each block's activations in the backward pass instead of keeping them: less
+    # memory (large models on small GPUs) for about one more forward pass of compute.
+    activation_checkpointing: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class DistConfig:
+    # With several processes: ddp (every rank holds the whole model) | fsdp (FSDP2: parameters,
+    # gradients and optimiser state sharded over ranks, per block; for models too big for one GPU).
+    strategy: str = "ddp"
 
 
 @dataclass
@@ -110,6 +120,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +135,7 @@ ALLOWED = {
     "train.precision": ("auto", "fp32", "bf16"),
     "train.on_nan": ("stop", "skip_step"),
     "data.on_error": ("skip", "raise"),
+    "dist.strategy": ("ddp", "fsdp"),
 }
 
 

@@ -62,11 +62,19 @@ class IJEPA(nn.Module):
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """``target = momentum * target + (1 - momentum) * encoder``, with foreach kernels."""
-        target = list(self.target_encoder.parameters())
-        online = list(self.encoder.parameters())
+        """``target = momentum * target + (1 - momentum) * encoder``, with foreach kernels.
+
+        Sharded by FSDP2, both networks are sharded alike, so each rank updates its own
+        shards of the target from its shards of the encoder, with no communication."""
+        target = [_local(p) for p in self.target_encoder.parameters()]
+        online = [_local(p) for p in self.encoder.parameters()]
         torch._foreach_mul_(target, momentum)
         torch._foreach_add_(target, online, alpha=1.0 - momentum)
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) parameter; the tensor itself otherwise."""
+    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def build_encoder(model_cfg) -> Encoder:

@@ -63,6 +63,13 @@ def text_from_main(processes: Processes, text: str) -> str:
     return bytes(data.tolist()).rstrip(b"\0").decode()
 
 
+def any_rank(processes: Processes, flag: bool) -> bool:
+    """Whether ``flag`` holds on some rank (e.g. a non-finite gradient in one rank's shard)."""
+    if not processes.started:
+        return flag
+    return _sum([float(flag)])[0] > 0
+
+
 def barrier(processes: Processes) -> None:
     """Wait for every rank (e.g. until rank 0 has written a checkpoint the others will read)."""
     if processes.started:

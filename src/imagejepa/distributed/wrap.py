@@ -1,13 +1,21 @@
-"""The model as each rank trains it: DistributedDataParallel over the process group.
+"""The model as each rank trains it, by ``dist.strategy``:
+
+- ``ddp``: DistributedDataParallel. Every rank holds the whole model; gradients are averaged
+  over ranks during ``backward``.
+- ``fsdp``: FSDP2 (``fully_shard``), per transformer block, then per network, then the root.
+  Parameters, gradients and optimiser state are sharded over ranks; a block's parameters
+  are gathered just before it runs. The EMA target encoder is sharded the same way, so its
+  update is a local operation on each rank's shard (see ``jepa.IJEPA.update_target``).
 
 Only the encoder and predictor have gradients; the target encoder (``requires_grad=False``)
-is left out of DDP's gradient buckets and follows by the EMA, which every rank computes from
-the same averaged gradients, so it stays identical without any communication.
-Sharded training (FSDP2) will plug in here as another strategy."""
+follows by the EMA, which every rank computes from the same averaged gradients.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import warnings
 
 import torch
 from torch import nn
@@ -15,18 +23,69 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .processes import Processes
 
+STRATEGIES = ("ddp", "fsdp")
 
-def wrap_data_parallel(model: nn.Module, processes: Processes, device: torch.device) -> nn.Module:
-    """``model`` itself for one process without a group, else ``DDP(model)``; DDP averages
-    the gradients over ranks during ``backward``. Buffers are not re-broadcast before each
-    forward: the model has no running statistics, and its buffers are identical on every
-    rank by construction."""
+
+def wrap_data_parallel(model: nn.Module, processes: Processes, device: torch.device,
+                       strategy: str = "ddp", precision: str = "fp32") -> nn.Module:
+    """``model`` itself for one process without a group; else DDP around it, or ``model``
+    sharded in place by FSDP2 (then build the optimiser afterwards, from its new parameters)."""
     if not processes.started:
         return model
+    if strategy == "fsdp":
+        return _fully_shard(model, device, precision)
     ids = [device.index] if device.type == "cuda" else None
-    # Newer PyTorch names the option forward_sync_buffers (broadcast_buffers is deprecated).
+    # Buffers are not re-broadcast before each forward: the model has no running statistics,
+    # and its buffers are identical on every rank by construction. Newer PyTorch names the
+    # option forward_sync_buffers (broadcast_buffers is deprecated).
     option = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_OPTIONS else "broadcast_buffers"
     return DistributedDataParallel(model, device_ids=ids, **{option: False})
 
 
 _DDP_OPTIONS = inspect.signature(DistributedDataParallel.__init__).parameters
+
+
+def _fully_shard(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # The predictor returns a reshaped view of its output projection; FSDP2 warns that an
+    # in-place op on such a view would skip a gather. Nothing here writes into it in place.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPPredictor\) returned a view")
+    policy = MixedPrecisionPolicy()
+    if device.type == "cuda" and precision == "bf16":
+        # bf16 compute and gathers, fp32 gradient reduction and fp32 master weights.
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for network in (model.encoder, model.target_encoder, model.predictor):
+        for block in _blocks(network):
+            fully_shard(block, mp_policy=policy)
+        fully_shard(network, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def _blocks(network: nn.Module) -> nn.ModuleList:
+    return getattr(network, "blocks", None) or network.predictor_blocks
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether FSDP2 has sharded ``module``'s parameters."""
+    return any(hasattr(p, "to_local") for p in module.parameters())
+
+
+@contextlib.contextmanager
+def gradient_sync(module: nn.Module, enabled: bool):
+    """Average (DDP) or reduce-scatter (FSDP2) gradients over ranks in the backward passes
+    inside, or not (the accumulation chunks before the last one)."""
+    if enabled:
+        yield
+    elif hasattr(module, "no_sync"):  # DDP
+        with module.no_sync():
+            yield
+    elif hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield

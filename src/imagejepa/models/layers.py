@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from . import cpu_bf16
 from .softmax_attention import plain_attention
@@ -142,3 +143,11 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def run_block(block: nn.Module, x: torch.Tensor, recompute: bool, **kwargs) -> torch.Tensor:
+    """``block(x)``; with ``recompute`` (activation checkpointing, while training) its
+    activations are not kept but recomputed in the backward pass: less memory, more compute."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False, **kwargs)
+    return block(x, **kwargs)

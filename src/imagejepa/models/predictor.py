@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import LAYER_NORM_EPS, Block, init_weights
+from .layers import LAYER_NORM_EPS, Block, init_weights, run_block
 from .pos_embed import sincos_2d
 from .vit import gather_tokens
 
@@ -33,6 +33,7 @@ class Predictor(nn.Module):
         self.pred_dim = pred_dim
         self.predictor_embed = nn.Linear(embed_dim, pred_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim))
+        self.checkpoint_blocks = False  # activation checkpointing (train.activation_checkpointing)
         self.predictor_blocks = nn.ModuleList(
             Block(pred_dim, num_heads, int(pred_dim * mlp_ratio), use_sdpa=use_sdpa)
             for _ in range(depth)
@@ -61,9 +62,9 @@ class Predictor(nn.Module):
         queries = queries.to(x.dtype) + self.mask_token.to(x.dtype)
         x = torch.cat([x, queries], dim=1)
         for block in self.predictor_blocks[:-1]:
-            x = block(x)
+            x = run_block(block, x, self.checkpoint_blocks)
         # Only the mask tokens' outputs are read: the last block computes just those (the
         # context tokens' keys and values are still used). Same values, a fraction of the work.
-        x = self.predictor_blocks[-1](x, queries_from=Kc)
+        x = run_block(self.predictor_blocks[-1], x, self.checkpoint_blocks, queries_from=Kc)
         x = self.predictor_norm(x)
         return self.predictor_proj(x).reshape(B, T, Kt, self.embed_dim)

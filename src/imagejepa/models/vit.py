@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import LAYER_NORM_EPS, Block, PatchEmbed, init_weights
+from .layers import LAYER_NORM_EPS, Block, PatchEmbed, init_weights, run_block
 from .pos_embed import resample_grid, sincos_2d
 
 
@@ -91,6 +91,7 @@ class Encoder(nn.Module):
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.patch_embed = PatchEmbed(patch_size, in_chans, self.embed_dim)
+        self.checkpoint_blocks = False  # activation checkpointing (train.activation_checkpointing)
         self.blocks = nn.ModuleList(
             Block(self.embed_dim, self.num_heads, self.mlp_hidden_dim, use_sdpa=use_sdpa, norm_eps=norm_eps)
             for _ in range(self.depth)
@@ -179,7 +180,7 @@ class Encoder(nn.Module):
             x = gather_tokens(x, keep)
         outs = []
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = run_block(block, x, self.checkpoint_blocks)
             if i >= self.depth - out_layers:
                 outs.append(x)
         if out_layers == 1:

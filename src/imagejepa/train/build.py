@@ -70,10 +70,15 @@ def plan_length(cfg: Config, steps_per_epoch: int) -> tuple[int, Schedules, int]
     return max_steps, schedules, schedules.total_steps if fits else max_steps
 
 
-def build_model(cfg: Config, device: torch.device) -> tuple[IJEPA, torch.optim.Optimizer,
-                                                              MultiBlockMaskSampler]:
-    """Model (same initial weights on every rank: seeded), its optimiser and the mask sampler."""
+def build_model(cfg: Config, device: torch.device) -> tuple[IJEPA, MultiBlockMaskSampler]:
+    """Model (same initial weights on every rank: seeded) and the mask sampler."""
     torch.manual_seed(cfg.train.seed)
     model = build_ijepa(cfg).to(device)
-    optimizer = build_optimizer(model.encoder, model.predictor, lr=cfg.optim.lr, device=device)
-    return model, optimizer, MultiBlockMaskSampler(model.encoder.grid, mask_settings(cfg))
+    if cfg.train.activation_checkpointing:
+        model.encoder.checkpoint_blocks = model.predictor.checkpoint_blocks = True
+    return model, MultiBlockMaskSampler(model.encoder.grid, mask_settings(cfg))
+
+
+def build_model_optimizer(cfg: Config, model: IJEPA, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over the encoder and predictor (after any sharding: over their shards)."""
+    return build_optimizer(model.encoder, model.predictor, lr=cfg.optim.lr, device=device)

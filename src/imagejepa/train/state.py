@@ -2,8 +2,9 @@
 
 Weights of the three networks, optimiser state, the step, torch's RNG state and the training
 time so far; the loader, masks and schedules need nothing else, being functions of
-``(seed, step)``. None of it depends on the number of processes, so a run saved by N
-processes resumes on M."""
+``(seed, step)``. None of it depends on the number of processes or on how they shared the
+model (DDP or FSDP2: sharded state is gathered whole), so a run saved by N processes
+resumes on M, with either strategy."""
 
 from __future__ import annotations
 
@@ -12,19 +13,31 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
+from ..distributed import is_sharded
 
 NETWORKS = ("encoder", "target_encoder", "predictor")
 
 
-def save_training_state(checkpoints_dir: Path, step: int, model, optimizer, train_seconds: float,
-                        meta: dict, keep_last: int | None, keep_every: int | None,
-                        previous: Path | None) -> Path:
+def gather_training_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, optimiser state)`` whole, as one process holds them. Sharded (FSDP2), it
+    is a collective: every rank calls it and rank 0 receives the tensors (the others, none)."""
+    if is_sharded(model):
+        from ..distributed.sharded import full_model_state, full_optimizer_state
+
+        tensors = {k: v for k, v in full_model_state(model).items() if k.split(".", 1)[0] in NETWORKS}
+        return tensors, full_optimizer_state(model, optimizer)
+    tensors = {f"{name}.{k}": v for name in NETWORKS for k, v in getattr(model, name).state_dict().items()}
+    return tensors, optimizer.state_dict()
+
+
+def save_training_state(checkpoints_dir: Path, step: int, tensors: dict[str, torch.Tensor],
+                        optimizer_state: dict, train_seconds: float, meta: dict, keep_last: int | None,
+                        keep_every: int | None, previous: Path | None) -> Path:
     """Write the checkpoint of ``step``; on a write error the previous one (``previous``) is
     intact and :class:`~imagejepa.checkpoint.CheckpointError` says so."""
-    tensors = {f"{name}.{k}": v for name in NETWORKS for k, v in getattr(model, name).state_dict().items()}
     state = {
         "step": step,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "torch_rng": torch.get_rng_state(),
         "train_seconds": train_seconds,
     }
@@ -53,9 +66,15 @@ def find_resume_point(run_dir: Path, fallback: bool, warn) -> Path:
 def load_training_state(folder: Path, model, optimizer) -> tuple[int, float]:
     """Load weights and optimiser state from ``folder``; returns ``(step, train_seconds)``."""
     tensors = ckpt.load_tensors(folder)
-    for name in NETWORKS:
-        getattr(model, name).load_state_dict(ckpt.strip_prefix(tensors, name))
     state = ckpt.load_train_state(folder)
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(model):  # every rank reads the whole state and keeps its shards
+        from ..distributed.sharded import load_full_model_state, load_full_optimizer_state
+
+        load_full_model_state(model, tensors)
+        load_full_optimizer_state(model, optimizer, state["optimizer"])
+    else:
+        for name in NETWORKS:
+            getattr(model, name).load_state_dict(ckpt.strip_prefix(tensors, name))
+        optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"]), float(state.get("train_seconds", 0.0))

@@ -10,11 +10,9 @@ one process x batch B, and like one process with ``grad_accum`` N.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from ..distributed import Processes, mean_over_ranks
+from ..distributed import Processes, any_rank, gradient_sync, mean_over_ranks
 from ..errors import NonFiniteError
 from ..masking import Masks
 from ..runtime import autocast
@@ -65,9 +63,8 @@ class TrainStep:
         total_loss, sums = 0.0, {}
         for chunk in range(accum):
             part = slice(chunk * n // accum, (chunk + 1) * n // accum)
-            # DDP averages gradients over ranks in the backward of the last chunk only.
-            syncing = chunk == accum - 1 or not hasattr(self.forward, "no_sync")
-            with contextlib.nullcontext() if syncing else self.forward.no_sync():
+            # Gradients are averaged over ranks in the backward of the last chunk only.
+            with gradient_sync(self.forward, enabled=chunk == accum - 1):
                 with autocast(self.device, self.precision):
                     chunk_masks = Masks(masks.context[part], masks.targets[part])
                     loss, metrics = self.forward(images[part], chunk_masks)
@@ -90,13 +87,19 @@ class TrainStep:
         return {**out, "skipped_step": 0}
 
     def _non_finite(self, loss: float) -> str | None:
-        """What is not finite, ``"loss (nan)"`` or ``"gradient of encoder.x (inf)"``; else None."""
+        """What is not finite, ``"loss (nan)"`` or ``"gradient of encoder.x (inf)"``; else None.
+
+        The loss is already averaged over ranks; the gradients are too, but sharded (FSDP2)
+        each rank sees only its shards, so the ranks agree on whether any is non-finite."""
         if loss != loss or abs(loss) == float("inf"):
             return f"loss ({loss})"
-        named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        named = [(n, _local(p.grad)) for n, p in self.model.named_parameters() if p.grad is not None]
         norms = torch.stack(torch._foreach_norm([g for _, g in named]))
-        if bool(norms.isfinite().all()):
+        finite = bool(norms.isfinite().all())
+        if not any_rank(self.processes, not finite):
             return None
+        if finite:
+            return "gradient (in another rank's shard)"
         i = int((~norms.isfinite()).nonzero()[0])
         return f"gradient of {named[i][0]} (norm {float(norms[i])})"
 
@@ -113,3 +116,8 @@ class TrainStep:
         if self.processes.is_main:
             self.warn(f"imagejepa: warning: non-finite {problem} at step {step}: step skipped "
                       "(train.on_nan=skip_step)")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) gradient; the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t

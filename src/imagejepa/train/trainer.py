@@ -39,11 +39,11 @@ from ..monitor import CollapseMonitor
 from ..runtime import resolve_device, resolve_precision
 from ..utils.files import atomic_write_text
 from . import budget
-from .build import build_data, build_loader, build_model, check_startable, plan_length
+from .build import build_data, build_loader, build_model, build_model_optimizer, check_startable, plan_length
 from .metrics_log import MetricsLog
 from .preempt import Preempted, StopSignals
 from .schedules import Schedules
-from .state import find_resume_point, load_training_state, save_training_state
+from .state import find_resume_point, gather_training_state, load_training_state, save_training_state
 from .step import TrainStep
 
 __all__ = ["NonFiniteError", "Trainer"]
@@ -81,8 +81,9 @@ class Trainer:
         self.max_steps, self.schedules, self.total_steps = plan_length(cfg, self.steps_per_epoch)
         self.train_seconds = 0.0  # training time of the run so far, earlier processes included
 
-        self.model, self.optimizer, masks = build_model(cfg, self.device)
-        trained = wrap_data_parallel(self.model, processes, self.device)
+        self.model, masks = build_model(cfg, self.device)
+        trained = wrap_data_parallel(self.model, processes, self.device, cfg.dist.strategy, self.precision)
+        self.optimizer = build_model_optimizer(cfg, self.model, self.device)  # after any sharding
         forward = torch.compile(trained, dynamic=True) if cfg.train.compile else trained
         self.stepper = TrainStep(self.model, forward, self.optimizer, masks, cfg.train.seed,
                                  cfg.optim.grad_accum, self.device, self.precision, processes,
@@ -247,7 +248,8 @@ class Trainer:
         p = self.processes
         if not p.started:
             return str(self.device)
-        return f"{_processes(p.world_size)} on {self.device.type} (DDP)"
+        strategy = "FSDP2" if self.cfg.dist.strategy == "fsdp" else "DDP"
+        return f"{_processes(p.world_size)} on {self.device.type} ({strategy})"
 
     def _batch(self) -> str:
         b, p = self.cfg.data.batch_size, self.processes
@@ -294,9 +296,10 @@ class Trainer:
         if self.last_checkpoint is not None and self.last_checkpoint.name == ckpt.checkpoint_name(self.step):
             return self.last_checkpoint  # already saved: same step, same state
         checkpoints = self.run_dir / "checkpoints"
+        tensors, optimizer_state = gather_training_state(self.model, self.optimizer)  # all ranks if sharded
         if self.processes.is_main:
             path = save_training_state(
-                checkpoints, self.step, self.model, self.optimizer, self.train_seconds, self._meta(),
+                checkpoints, self.step, tensors, optimizer_state, self.train_seconds, self._meta(),
                 self.cfg.train.keep_last, self.cfg.train.keep_every, self.last_checkpoint,
             )
         else:
