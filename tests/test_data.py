@@ -21,6 +21,7 @@ from imagejepa.data import (
     TrainLoader,
     TrainTransform,
     build_dataset,
+    check_data_path,
     eval_batches,
     parse_data_spec,
 )
@@ -44,7 +45,7 @@ def test_parse_data_spec_accepts(spec, expected):
 
 
 @pytest.mark.parametrize(
-    "spec", ["imagenet", "imagefolder", "imagefolder:", "synthetic:3", "webdataset:/x", "", "mnist"]
+    "spec", ["imagenet", "imagefolder", "imagefolder:", "synthetic:3", "webdataset", "", "mnist"]
 )
 def test_parse_data_spec_rejects(spec):
     with pytest.raises(ConfigError):
@@ -450,3 +451,30 @@ def test_loader_replaces_broken_files_deterministically(tmp_path):
         assert torch.equal(a, b) and torch.equal(la, lb) and sa == sb
     with pytest.raises(BadImageError, match="dog/0.png"):
         list(itertools.islice(iter(loader(on_error="raise")), 4))
+
+
+# -- tar shards -----------------------------------------------------------------------------
+def test_shards_hold_the_image_folder_exactly(tmp_path, capsys):
+    """`imagejepa shard` packs an image folder into tar shards (webdataset layout: KEY.png,
+    KEY.cls); webdataset:PATTERN reads back every image, label and class name, by random
+    access, with glob and brace patterns alike."""
+    from imagejepa.cli import main
+
+    make_image_folder(tmp_path / "images", per_class=5)
+    folder = build_dataset(f"imagefolder:{tmp_path / 'images'}")
+    assert main(["shard", "--data", f"imagefolder:{tmp_path / 'images'}", "--out", str(tmp_path / "sh"),
+                 "--per-shard", "4"]) == 0
+    assert "10 images in 3 shard(s)" in capsys.readouterr().out
+    for pattern in ("shard-{000000..000002}.tar", "shard-*.tar"):
+        shards = build_dataset(f"webdataset:{tmp_path / 'sh' / pattern}")
+        assert len(shards) == 10 and shards.classes == ("cat", "dog")
+        assert shards.mean == folder.mean and torch.equal(shards.labels, folder.labels)
+        for i in (7, 0, 9, 3):  # any order: each read seeks to its member
+            image, label = shards.load(i)
+            assert torch.equal(image, folder.load(i)[0]) and label == folder.load(i)[1]
+    names = sorted(p.name for p in (tmp_path / "sh").iterdir())
+    assert names == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "shards.json"]
+    # Packing again into the same folder is refused; a pattern matching nothing is an error.
+    assert main(["shard", "--data", "synthetic", "--out", str(tmp_path / "sh")]) == 2
+    with pytest.raises(ConfigError, match="no shard file matches"):
+        check_data_path(f"webdataset:{tmp_path / 'none-*.tar'}")

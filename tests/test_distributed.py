@@ -410,3 +410,24 @@ def test_fsdp_trains_like_one_process_resumes_exactly_and_its_checkpoint_evaluat
 
     assert main(["eval", "knn", "--checkpoint", str(run_dir), "--data", "synthetic",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
+
+
+def test_tar_shards_train_on_two_processes_and_resume_exactly(tmp_path):
+    """An image folder packed into shards (`imagejepa shard`), trained from on 2 processes,
+    stopped and resumed: equal to one uninterrupted process reading the same shards."""
+    from imagejepa.cli import main
+
+    from .test_data import make_image_folder
+
+    make_image_folder(tmp_path / "images", per_class=32, size=(40, 36))
+    assert main(["shard", "--data", f"imagefolder:{tmp_path / 'images'}", "--out", str(tmp_path / "shards"),
+                 "--per-shard", "20"]) == 0
+    extra = [f"data.dataset=webdataset:{tmp_path / 'shards' / 'shard-*.tar'}"]
+    reference = one_process(tmp_path / "one" / "run", *extra)  # 64 images: an epoch is 4 steps
+    run_dir, config = tmp_path / "run", config_file(tmp_path, *extra)
+    for steps in (3, STEPS):
+        code, out, err = run_script("train_single_node.sh", run_dir, f"train.max_steps={steps}",
+                                    config=config, gpus=2, max_restarts=0)
+        assert code == 0, err[-3000:]
+    assert "on webdataset:" in out and "(64 images)" in out and "resumed from" in out
+    assert_same_training(run_dir, reference)

@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     emb.add_argument("--patch-tokens", action="store_true",
                      help="every patch token (N, T, D) instead of the pooled vector (N, D)")
 
+    sh = sub.add_parser("shard", help="pack a dataset into tar shards (webdataset layout) for training")
+    sh.add_argument("--data", required=True, help="data spec, e.g. imagefolder:PATH or fashion-mnist")
+    sh.add_argument("--out", required=True, help="folder for shard-000000.tar, ... and shards.json")
+    sh.add_argument("--split", choices=("train", "test"), default="train")
+    sh.add_argument("--per-shard", type=int, default=1000, metavar="N", help="images per shard (1000)")
+
     bench = sub.add_parser("bench", help="speed benchmarks; prints one JSON object")
     b_sub = bench.add_subparsers(dest="what", required=True)
     bt = b_sub.add_parser("train", help="training step throughput and roofline fraction")
@@ -267,6 +273,23 @@ def cmd_embed(args) -> None:
                               patch_tokens=args.patch_tokens))
 
 
+def cmd_shard(args) -> None:
+    from .data import build_dataset, check_data_path
+    from .data.shards import write_shards
+
+    if args.per_shard < 1:
+        raise UsageError(f"--per-shard must be >= 1, got {args.per_shard}")
+    out = Path(args.out)
+    if out.exists() and any(out.glob("shard-*.tar")):
+        raise UsageError(f"{out} already holds shards; choose another --out")
+    check_data_path(args.data)
+    dataset = build_dataset(args.data, train=args.split == "train")
+    shards = write_shards(dataset, out, per_shard=args.per_shard)
+    pattern = out / f"shard-{{{0:06d}..{len(shards) - 1:06d}}}.tar"
+    print(f"imagejepa: {len(dataset)} images in {len(shards)} shard(s); train with "
+          f"--set data.dataset=webdataset:{pattern}")
+
+
 def cmd_bench(args) -> None:
     if args.what == "train":
         from .bench.train import bench_train
@@ -330,8 +353,8 @@ def cmd_convert(args) -> None:
 
 
 # The commands other than pretrain, which alone is given the stop signals (see _run).
-COMMANDS = {"eval": cmd_eval, "embed": cmd_embed, "bench": cmd_bench, "info": cmd_info,
-            "convert": cmd_convert}
+COMMANDS = {"eval": cmd_eval, "embed": cmd_embed, "shard": cmd_shard, "bench": cmd_bench,
+            "info": cmd_info, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """Datasets named by a data spec, transforms, and the deterministic training loader.
 
-Data specs: ``fashion-mnist[:DIR]``, ``imagefolder:PATH``, ``synthetic``. For an image
-folder the training split is ``PATH`` itself or ``PATH/train`` and the test split
-``PATH/val`` or ``PATH/test`` where they exist.
+Data specs: ``fashion-mnist[:DIR]``, ``imagefolder:PATH``, ``webdataset:PATTERN`` (tar
+shards, see shards.py), ``synthetic``. For an image folder the training split is ``PATH``
+itself or ``PATH/train`` and the test split ``PATH/val`` or ``PATH/test`` where they exist;
+shards are one split, the one named by the pattern.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .base import BadImageError, DataError, ImageFolderDataset, TensorImageDatas
 from .loader import TrainLoader, eval_batches
 from .transforms import EvalTransform, TrainTransform
 
-KINDS = ("fashion-mnist", "imagefolder", "synthetic")
+KINDS = ("fashion-mnist", "imagefolder", "webdataset", "synthetic")
 
 
 class DataSpec(NamedTuple):
@@ -25,15 +26,16 @@ class DataSpec(NamedTuple):
 
 def parse_data_spec(spec: str) -> DataSpec:
     kind, _, arg = spec.partition(":")
-    if kind == "webdataset":
-        raise ConfigError("data spec 'webdataset:...' is not supported yet; use imagefolder:PATH")
     if kind not in KINDS:
         raise ConfigError(
             f"data spec {spec!r}: unknown dataset {kind!r}; allowed: "
-            "fashion-mnist[:DIR], imagefolder:PATH, synthetic"
+            "fashion-mnist[:DIR], imagefolder:PATH, webdataset:PATTERN, synthetic"
         )
     if kind == "imagefolder" and not arg:
         raise ConfigError("data spec 'imagefolder' needs a folder: imagefolder:PATH")
+    if kind == "webdataset" and not arg:
+        raise ConfigError("data spec 'webdataset' needs the shards, e.g. "
+                          "webdataset:/data/shard-{000000..000009}.tar")
     if kind == "synthetic" and arg:
         raise ConfigError(f"data spec {spec!r}: 'synthetic' takes no argument")
     return DataSpec(kind, arg or None)
@@ -42,6 +44,12 @@ def parse_data_spec(spec: str) -> DataSpec:
 def check_data_path(spec: str) -> None:
     """Fail fast (before any model is built) when the spec names a folder that is missing."""
     kind, arg = parse_data_spec(spec)
+    if kind == "webdataset":
+        from .shards import expand
+
+        if not expand(arg):
+            raise ConfigError(f"data.dataset={spec!r}: no shard file matches {arg}")
+        return
     if arg is not None and not Path(arg).is_dir():
         what = "image folder" if kind == "imagefolder" else "Fashion-MNIST folder"
         raise ConfigError(f"data.dataset={spec!r}: {what} not found: {arg}")
@@ -64,6 +72,10 @@ def build_dataset(spec: str, train: bool = True):
         from .fashion_mnist import load_fashion_mnist
 
         return load_fashion_mnist(arg, train=train)
+    if kind == "webdataset":
+        from .shards import ShardDataset
+
+        return ShardDataset(arg)
     if kind == "synthetic":
         from .synthetic import make_synthetic
 
