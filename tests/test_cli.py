@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,23 @@ def test_bench_masks_json(capsys):
     assert report["bench"] == "masks" and report["vectorised_samples_per_s"] > 0
     assert report["speedup"] > 1
     assert_names_the_machine(report)
+
+
+def test_bench_data_json(tmp_path, capsys):
+    """bench data on tar shards: one worker's decode-and-crop rate, the workers it takes for
+    1,000 images/s, and the loader timed with worker processes."""
+    assert main(["shard", "--data", "synthetic", "--out", str(tmp_path / "sh"), "--per-shard", "500"]) == 0
+    args = ["bench", "data", "--data", f"webdataset:{tmp_path / 'sh' / 'shard-*.tar'}", "--img-size", "64",
+            "--batches", "2", "--workers", "1"]
+    assert main(args) == 0
+    report = last_json(capsys.readouterr().out)
+    assert report["bench"] == "data" and report["images"] == 2000 and report["img_size"] == 64
+    one = report["images_per_s_one_worker"]
+    assert one > 0 and report["workers_per_1000_images_per_s"] == math.ceil(1000 / one)
+    assert set(report["images_per_s_by_workers"]) == {"1"} and report["images_per_s_by_workers"]["1"] > 0
+    assert_names_the_machine(report)
+    assert main(["bench", "data", "--data", "synthetic", "--workers", "x"]) == 2
+    assert "--workers: expected numbers like 2,4, got 'x'" in capsys.readouterr().err
 
 
 def assert_names_the_machine(report):

@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--warmup", type=int, default=2)
     bt.add_argument("--device", default="auto")
     bt.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    bd = b_sub.add_parser("data", help="images/s one loader worker decodes and crops (to size workers)")
+    bd.add_argument("--data", required=True, help="data spec: imagefolder:PATH, webdataset:PATTERN, ...")
+    bd.add_argument("--img-size", type=int, default=224)
+    bd.add_argument("--in-chans", type=int, default=3)
+    bd.add_argument("--batches", type=int, default=8, help="timed batches of 32")
+    bd.add_argument("--workers", default="", metavar="N,N", help="also time the loader with these "
+                    "numbers of worker processes, e.g. 2,4")
     bm = b_sub.add_parser("masks", help="mask sampler throughput vs a per-sample loop")
     bm.add_argument("--batch-size", type=int, default=2048)
     bm.add_argument("--grid", type=int, default=16)
@@ -295,6 +302,23 @@ def cmd_bench(args) -> None:
         from .bench.train import bench_train
 
         _print_json(bench_train(args.steps, args.warmup, args.device, args.precision))
+    elif args.what == "data":
+        from .bench.data import bench_data
+        from .data import check_data_path
+
+        try:
+            workers = tuple(int(w) for w in args.workers.split(",") if w.strip())
+        except ValueError:
+            raise UsageError(f"--workers: expected numbers like 2,4, got {args.workers!r}") from None
+        for name, ok in (("--workers must be >= 0", all(w >= 0 for w in workers)),
+                         ("--batches must be >= 1", args.batches >= 1),
+                         ("--img-size must be >= 1", args.img_size >= 1),
+                         ("--in-chans must be 1 or 3", args.in_chans in (1, 3))):
+            if not ok:
+                raise UsageError(f"bench data: {name}")
+        check_data_path(args.data)
+        _print_json(bench_data(args.data, args.img_size, args.in_chans, batches=args.batches,
+                               workers=workers))
     elif args.what == "embed":
         from .bench.embed import bench_embed
 
