@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--warmup", type=int, default=2)
     bt.add_argument("--device", default="auto")
     bt.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    bt.add_argument("--model", default="vit_tiny_patch16",
+                    help="encoder at 224 with the paper's predictor, e.g. vit_huge_patch14")
+    bt.add_argument("--batch-size", type=int, help="images per step (32)")
     bd = b_sub.add_parser("data", help="images/s one loader worker decodes and crops (to size workers)")
     bd.add_argument("--data", required=True, help="data spec: imagefolder:PATH, webdataset:PATTERN, ...")
     bd.add_argument("--img-size", type=int, default=224)
@@ -301,7 +304,13 @@ def cmd_bench(args) -> None:
     if args.what == "train":
         from .bench.train import bench_train
 
-        _print_json(bench_train(args.steps, args.warmup, args.device, args.precision))
+        arch, patch = _parse_model(args.model)
+        if args.batch_size is not None and args.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if 224 % patch:
+            raise UsageError(f"--model {args.model}: 224 is not divisible by the patch size {patch}")
+        _print_json(bench_train(args.steps, args.warmup, args.device, args.precision, args.batch_size,
+                                arch, patch))
     elif args.what == "data":
         from .bench.data import bench_data
         from .data import check_data_path

@@ -21,13 +21,25 @@ STANDARD_TRAIN = {
     "model": {"arch": "vit_tiny", "patch_size": 16, "img_size": 224, "pred_depth": 6, "pred_dim": 192},
     "data": {"dataset": "synthetic", "batch_size": 32},
 }
+# The paper's predictors: depth 12 for ViT-H, 6 for smaller encoders, width 384.
+PAPER_PREDICTOR_DEPTH = {"vit_huge": 12, "vit_giant": 16}
+
+
+def train_spec(arch: str = "vit_tiny", patch_size: int = 16, batch_size: int | None = None) -> dict:
+    """The benchmark's config: the standard ViT-T/16 one, or another encoder at 224 with the
+    paper's predictor for it."""
+    spec = copy.deepcopy(STANDARD_TRAIN)
+    if arch != "vit_tiny" or patch_size != 16:
+        spec["model"].update(arch=arch, patch_size=patch_size, pred_dim=384,
+                             pred_depth=PAPER_PREDICTOR_DEPTH.get(arch, 6))
+    if batch_size:
+        spec["data"]["batch_size"] = batch_size
+    return spec
 
 
 def bench_train(steps: int = 5, warmup: int = 2, device: str = "auto", precision: str = "auto",
-                batch_size: int | None = None) -> dict:
-    spec = copy.deepcopy(STANDARD_TRAIN)
-    if batch_size:
-        spec["data"]["batch_size"] = batch_size
+                batch_size: int | None = None, arch: str = "vit_tiny", patch_size: int = 16) -> dict:
+    spec = train_spec(arch, patch_size, batch_size)
     cfg: Config = from_dict(spec)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -52,6 +64,8 @@ def bench_train(steps: int = 5, warmup: int = 2, device: str = "auto", precision
     for masks in all_masks[:warmup]:
         step(masks)
     sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     t = time.perf_counter()
     for masks in all_masks[warmup:]:
         step(masks)
@@ -64,9 +78,11 @@ def bench_train(steps: int = 5, warmup: int = 2, device: str = "auto", precision
     dtype = torch.bfloat16 if prec == "bf16" else torch.float32
     peak = matmul_peak_tflops(shapes, dtype, dev)
     achieved = flops / seconds / 1e12
-    return {
+    m = cfg.model
+    report = {
         "bench": "train",
-        "config": "vit_tiny/16@224 batch 32, predictor depth 6 width 192, 4 targets, paper masks",
+        "config": f"{m.arch}/{m.patch_size}@{m.img_size} batch {B}, predictor depth {m.pred_depth} width "
+                  f"{m.pred_dim}, 4 targets, paper masks",
         "device": str(dev),
         **machine_report(dev),
         "precision": prec,
@@ -79,3 +95,6 @@ def bench_train(steps: int = 5, warmup: int = 2, device: str = "auto", precision
         "matmul_peak_of": peak_description(shapes, dtype, dev),
         "roofline_fraction": round(achieved / peak, 4),
     }
+    if dev.type == "cuda":  # of the timed steps: weights, AdamW state, activations
+        report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+    return report
