@@ -576,6 +576,37 @@ def test_on_nan_skip_step_skips_and_continues(tmp_path):
     assert any("non-finite loss (nan) at step 3: step skipped" in w for w in warnings)
 
 
+@pytest.mark.parametrize("on_nan", ["skip_step", "stop"])
+def test_metrics_read_in_batches_as_on_a_gpu_change_nothing(tmp_path, on_nan):
+    """On a GPU the metrics stay on the device and are read every few steps, and a non-finite
+    step is skipped there without being read (fused AdamW's found_inf, an EMA weight of 0).
+    Forced here on the CPU: the same metrics, weights and skipped step as reading each step;
+    with on_nan=stop the run stops at the next read, naming the step."""
+    runs = {}
+    for read_every in (1, 4):
+        run_dir = tmp_path / f"every{read_every}"
+        trainer = Trainer(config("train.max_steps=7", f"train.on_nan={on_nan}", "train.log_every=4"), run_dir,
+                          log=quiet, warn=quiet)
+        trainer.read_every = read_every
+        nan_at(trainer, 2, "gradient")
+        if on_nan == "stop":
+            with pytest.raises(NonFiniteError, match="non-finite gradient of encoder.blocks.0.mlp.fc1.weight"
+                                                     r" \(norm nan\) at step 2"):
+                trainer.fit()
+            # Read after step 3 (of 4 pending): the step after the bad one was taken.
+            assert trainer.step == (3 if read_every == 1 else 4)
+            continue
+        trainer.fit()
+        runs[read_every] = (metric_rows(run_dir), final_tensors(run_dir))
+    if on_nan == "skip_step":
+        (rows1, w1), (rows4, w4) = runs[1], runs[4]
+        assert [r["skipped_step"] for r in rows1] == [r["skipped_step"] for r in rows4] == list("0010000")
+        for a, b in zip(rows1, rows4):
+            assert {k: v for k, v in a.items() if k not in ("img_per_s", "elapsed_s")} == \
+                {k: v for k, v in b.items() if k not in ("img_per_s", "elapsed_s")}
+        assert all(torch.equal(w1[k], w4[k]) for k in w1)
+
+
 def test_skip_step_still_stops_a_run_that_only_produces_nan(tmp_path):
     trainer = Trainer(config("train.max_steps=20", "train.on_nan=skip_step"), tmp_path,
                       log=quiet, warn=quiet)

@@ -63,7 +63,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     one = Trainer(tiny_config(), tmp_path / "a", log=quiet)
     acc = Trainer(tiny_config("optim.grad_accum=2"), tmp_path / "b", log=quiet)
     images, *_ = next(iter(one.loader))
-    m1, m2 = one.train_step(images, 0), acc.train_step(images, 0)
+    (m1,) = one.stepper.read([one.train_step(images, 0)])
+    (m2,) = acc.stepper.read([acc.train_step(images, 0)])
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
     for p, q in zip(one.model.encoder.parameters(), acc.model.encoder.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)

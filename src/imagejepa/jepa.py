@@ -61,15 +61,19 @@ class IJEPA(nn.Module):
         return loss, metrics
 
     @torch.no_grad()
-    def update_target(self, momentum: float) -> None:
-        """``target = momentum * target + (1 - momentum) * encoder``, with foreach kernels.
+    def update_target(self, momentum: float, moving: torch.Tensor | None = None) -> None:
+        """``target = momentum * target + (1 - momentum) * encoder`` (one foreach lerp).
 
-        Sharded by FSDP2, both networks are sharded alike, so each rank updates its own
-        shards of the target from its shards of the encoder, with no communication."""
+        ``moving``: a boolean on the device; where false (a skipped step) the target stays as
+        it is, decided without reading the flag back. Sharded by FSDP2, both networks are
+        sharded alike, so each rank updates its own shards of the target from its shards of
+        the encoder, with no communication."""
         target = [_local(p) for p in self.target_encoder.parameters()]
         online = [_local(p) for p in self.encoder.parameters()]
-        torch._foreach_mul_(target, momentum)
-        torch._foreach_add_(target, online, alpha=1.0 - momentum)
+        weight = 1.0 - momentum
+        if moving is not None:
+            weight = moving.to(target[0].dtype) * weight
+        torch._foreach_lerp_(target, online, weight)
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:

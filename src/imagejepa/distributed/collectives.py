@@ -1,5 +1,6 @@
-"""The collectives that keep ranks in agreement. Each is one small ``all_reduce`` on the CPU
-(gloo), and returns its input unchanged when only one process trains.
+"""The collectives that keep ranks in agreement. Each is one small ``all_reduce`` (on the CPU
+through gloo, except the step's metrics, summed where they are: on a GPU through NCCL), and
+returns its input unchanged when only one process trains.
 
 Sums of exact values (0/1 flags, one rank's number plus zeros from the others) come out
 bit-identical on every rank, so decisions taken from them (stop now, checkpoint now, refit
@@ -21,12 +22,13 @@ def _sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def mean_over_ranks(processes: Processes, values: dict[str, float]) -> dict[str, float]:
-    """Each value averaged over the ranks (a non-finite value on any rank makes it non-finite)."""
+def sum_over_ranks(processes: Processes, values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over the ranks, on their device (NCCL on a GPU: nothing is read back)."""
     if not processes.started:
         return values
-    sums = _sum(list(values.values()))
-    return {k: s / processes.world_size for k, s in zip(values, sums)}
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,6 @@ def text_from_main(processes: Processes, text: str) -> str:
         data[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
     dist.broadcast(data, src=0)
     return bytes(data.tolist()).rstrip(b"\0").decode()
-
-
-def any_rank(processes: Processes, flag: bool) -> bool:
-    """Whether ``flag`` holds on some rank (e.g. a non-finite gradient in one rank's shard)."""
-    if not processes.started:
-        return flag
-    return _sum([float(flag)])[0] > 0
 
 
 def barrier(processes: Processes) -> None:

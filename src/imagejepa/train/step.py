@@ -6,13 +6,21 @@ into ``optim.grad_accum`` chunks. The loss of a chunk is a mean over its tokens 
 chunk of every rank has the same number of tokens, so averaging chunks here and ranks in
 DDP gives the gradient of the global batch's mean loss: N processes x batch B/N train like
 one process x batch B, and like one process with ``grad_accum`` N.
+
+No value leaves the device during a step. Whether the step is finite is decided on the
+device and applied there: the fused AdamW skips its update when told ``found_inf``, and the
+EMA moves by 0. The metrics (and that decision) are read back in batches, with
+:meth:`TrainStep.read`: every step on a CPU, where reading costs nothing, and every
+``train.log_every`` steps on a GPU, so the GPU is never left waiting for the host.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from ..distributed import Processes, any_rank, gradient_sync, mean_over_ranks
+from ..distributed import Processes, gradient_sync, sum_over_ranks
 from ..errors import NonFiniteError
 from ..masking import Masks
 from ..runtime import autocast
@@ -23,10 +31,23 @@ MASK_STREAM = 0x3A5C
 MAX_SKIPPED_STEPS_IN_A_ROW = 10  # with on_nan=skip_step: a run that only produces NaN stops
 
 
+@dataclass
+class StepResult:
+    """One step, as the device left it: ``values`` = ``[loss, target_std, pred_std, skipped,
+    first non-finite gradient (index, or -1), its norm]`` (averaged over ranks where that
+    means something), not yet read; ``host`` the numbers known without reading it."""
+
+    step: int
+    values: torch.Tensor
+    host: dict = field(default_factory=dict)
+    grad_names: list[str] = field(default_factory=list)  # what the gradient index refers to
+
+
 class TrainStep:
-    """``step(images (b, C, H, W), step, (lr, wd, momentum)) -> metrics``, ``b`` this rank's
-    part of the global batch. ``forward`` is the model as trained (DDP-wrapped, compiled);
-    ``model`` the plain one (its optimiser, target encoder and parameters)."""
+    """``step(images (b, C, H, W), step, (lr, wd, momentum)) -> StepResult``, ``b`` this
+    rank's part of the global batch; ``read([results]) -> [metrics]``. ``forward`` is the
+    model as trained (DDP-wrapped, compiled); ``model`` the plain one (its optimiser, target
+    encoder and parameters)."""
 
     def __init__(self, model, forward, optimizer, mask_sampler, seed: int, grad_accum: int,
                  device: torch.device, precision: str, processes: Processes, on_nan: str, warn):
@@ -48,19 +69,19 @@ class TrainStep:
         rows = slice(p.rank * local_batch, (p.rank + 1) * local_batch)
         return Masks(masks.context[rows], masks.targets[rows])
 
-    def __call__(self, images: torch.Tensor, step: int, schedule: tuple[float, float, float]) -> dict:
+    def __call__(self, images: torch.Tensor, step: int, schedule: tuple[float, float, float]) -> StepResult:
         """Forward and backward over the chunks, then the optimiser and EMA updates.
 
-        A non-finite loss or gradient (on any rank: the loss is averaged over ranks, the
-        gradients already are) leaves weights, optimiser and target encoder untouched on every
-        rank and, with ``train.on_nan: stop``, raises :class:`NonFiniteError`."""
+        A non-finite loss or gradient (on any rank: the loss is averaged over ranks, and the
+        ranks add up their flags) leaves weights, optimiser and target encoder untouched on
+        every rank; :meth:`read` reports it (and with ``train.on_nan: stop`` raises)."""
         lr, wd, momentum = schedule
         set_lr_and_wd(self.optimizer, lr, wd)
         masks = self.rank_masks(step, images.shape[0])
         images = images.to(self.device, non_blocking=True)
         masks = Masks(*(m.to(self.device, non_blocking=True) for m in masks))
         accum, n = self.grad_accum, images.shape[0]
-        total_loss, sums = 0.0, {}
+        sums, patches = None, {}
         for chunk in range(accum):
             part = slice(chunk * n // accum, (chunk + 1) * n // accum)
             # Gradients are averaged over ranks in the backward of the last chunk only.
@@ -69,39 +90,56 @@ class TrainStep:
                     chunk_masks = Masks(masks.context[part], masks.targets[part])
                     loss, metrics = self.forward(images[part], chunk_masks)
                 (loss / accum).backward()
-            total_loss += loss.detach()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-        local = {"loss": float(total_loss) / accum}
-        local.update({k: float(v) / accum for k, v in sums.items()})
-        out = {**mean_over_ranks(self.processes, local), "lr": lr, "weight_decay": wd, "ema": momentum}
-        problem = self._non_finite(out["loss"])
-        if problem:
-            self.optimizer.zero_grad(set_to_none=True)
-            self._on_non_finite(problem, step)
-            return {**out, "skipped_step": 1}
-        self.skipped_in_a_row = 0
-        self.optimizer.step()
+            chunk_values = torch.stack([loss.detach().float(), metrics["target_std"].float(),
+                                        metrics["pred_std"].float()])
+            sums = chunk_values if sums is None else sums + chunk_values
+            patches = {k: metrics[k] for k in ("context_patches", "target_patches")}
+        stats = sums / accum
+        with_grad = [(name, p) for name, p in self.model.named_parameters() if p.grad is not None]
+        first_bad, bad_norm = _first_non_finite([_local(p.grad) for _, p in with_grad])
+        bad_here = (~stats[0].isfinite()) | (first_bad >= 0)
+        # One collective: the metrics' sum and the count of ranks with a non-finite value.
+        summed = sum_over_ranks(self.processes, torch.cat([stats, bad_here.float()[None]]))
+        stats, bad = summed[:3] / self.processes.world_size, summed[3] > 0
+        self._apply(bad, momentum)
+        values = torch.cat([stats, bad.float()[None], first_bad.float()[None], bad_norm.float()[None]])
+        host = {**patches, "lr": lr, "weight_decay": wd, "ema": momentum}
+        return StepResult(step, values, host, [name for name, _ in with_grad])
+
+    def _apply(self, bad: torch.Tensor, momentum: float) -> None:
+        """The optimiser step and the EMA update, both nothing where ``bad``; decided on the
+        device when the optimiser is fused (it takes ``found_inf``), by reading ``bad`` otherwise."""
+        if self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = bad.float()
+            self.optimizer.step()
+        elif not bool(bad):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_target(momentum)
-        return {**out, "skipped_step": 0}
+        self.model.update_target(momentum, moving=~bad)
 
-    def _non_finite(self, loss: float) -> str | None:
-        """What is not finite, ``"loss (nan)"`` or ``"gradient of encoder.x (inf)"``; else None.
-
-        The loss is already averaged over ranks; the gradients are too, but sharded (FSDP2)
-        each rank sees only its shards, so the ranks agree on whether any is non-finite."""
-        if loss != loss or abs(loss) == float("inf"):
-            return f"loss ({loss})"
-        named = [(n, _local(p.grad)) for n, p in self.model.named_parameters() if p.grad is not None]
-        norms = torch.stack(torch._foreach_norm([g for _, g in named]))
-        finite = bool(norms.isfinite().all())
-        if not any_rank(self.processes, not finite):
-            return None
-        if finite:
-            return "gradient (in another rank's shard)"
-        i = int((~norms.isfinite()).nonzero()[0])
-        return f"gradient of {named[i][0]} (norm {float(norms[i])})"
+    def read(self, results: list[StepResult]) -> list[dict]:
+        """The metrics of ``results`` (one read from the device for all of them), in step
+        order; warns of, or with ``train.on_nan: stop`` raises :class:`NonFiniteError` for,
+        the non-finite steps among them (they changed nothing)."""
+        if not results:
+            return []
+        table = torch.stack([r.values for r in results]).tolist()
+        rows = []
+        for result, (loss, target_std, pred_std, skipped, first_bad, bad_norm) in zip(results, table):
+            row = {"loss": loss, "target_std": target_std, "pred_std": pred_std, **result.host,
+                   "skipped_step": int(skipped)}
+            rows.append(row)
+            if not skipped:
+                self.skipped_in_a_row = 0
+                continue
+            if loss != loss or abs(loss) == float("inf"):
+                problem = f"loss ({loss})"
+            elif first_bad >= 0:
+                problem = f"gradient of {result.grad_names[int(first_bad)]} (norm {bad_norm})"
+            else:
+                problem = "gradient (in another rank's shard)"
+            self._on_non_finite(problem, result.step)
+        return rows
 
     def _on_non_finite(self, problem: str, step: int) -> None:
         last = self.last_checkpoint or "none yet (the run would start from scratch)"
@@ -116,6 +154,15 @@ class TrainStep:
         if self.processes.is_main:
             self.warn(f"imagejepa: warning: non-finite {problem} at step {step}: step skipped "
                       "(train.on_nan=skip_step)")
+
+
+def _first_non_finite(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index of the first gradient that is not finite, or -1; its norm)`` as device
+    tensors: one foreach norm, nothing read back."""
+    norms = torch.stack(torch._foreach_norm(grads)).float()
+    bad = ~norms.isfinite()
+    index = torch.where(bad.any(), bad.int().argmax(), torch.tensor(-1, device=norms.device))
+    return index, norms[index.clamp(min=0)]
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ from .metrics_log import MetricsLog
 from .preempt import Preempted, StopSignals
 from .schedules import Schedules
 from .state import find_resume_point, gather_training_state, load_training_state, save_training_state
-from .step import TrainStep
+from .step import StepResult, TrainStep
 
 __all__ = ["NonFiniteError", "Trainer"]
 
@@ -89,6 +89,9 @@ class Trainer:
                                  cfg.optim.grad_accum, self.device, self.precision, processes,
                                  cfg.train.on_nan, warn)
         self.monitor = CollapseMonitor(cfg.train.collapse_std)
+        # How many steps' metrics wait on the device before they are read: reading makes the
+        # host wait for the device, free on a CPU, a stall of the pipeline on a GPU.
+        self.read_every = 1 if self.device.type == "cpu" else cfg.train.log_every
         self.step = 0
         self.last_checkpoint: Path | None = None  # the newest complete checkpoint of this run
         self.bad_files: dict[str, str] = {}  # path -> reason, each reported once
@@ -110,8 +113,9 @@ class Trainer:
         """The masks of a global batch of ``batch_size`` at ``step``."""
         return self.stepper.masks(step, batch_size)
 
-    def train_step(self, images: torch.Tensor, step: int) -> dict[str, float]:
-        """One optimiser step on this rank's part ``(b, C, H, W)`` of the global batch."""
+    def train_step(self, images: torch.Tensor, step: int) -> StepResult:
+        """One optimiser step on this rank's part ``(b, C, H, W)`` of the global batch; its
+        metrics stay on the device until :meth:`TrainStep.read`."""
         return self.stepper(images, step, self.schedules.at(step))
 
     def _note_skipped_files(self, skipped: list[tuple[str, str]]) -> None:
@@ -174,7 +178,7 @@ class Trainer:
         )
         start_time = time.perf_counter()
         seconds_before, last_ckpt_seconds = self.train_seconds, 0.0
-        last = {}
+        last, pending = {}, []  # pending: steps whose metrics are still on the device
         bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
                    dynamic_ncols=True, mininterval=1.0, disable=not main)
         # The bar is closed before any error propagates, so an error message is the last line.
@@ -185,17 +189,15 @@ class Trainer:
                 images, _, skipped = _next_batch(batches)
                 if skipped:
                     self._note_skipped_files(skipped)
-                last = self.train_step(images, self.step)
+                result = self.train_step(images, self.step)
                 now = time.perf_counter()
                 agreed = agree_after_step(self.processes, signals.received is not None,
                                           now - start_time, len(skipped))
-                last.update(step=self.step, epoch=self.step // self.steps_per_epoch,
-                            skipped_images=agreed.skipped_images,
-                            img_per_s=self.cfg.data.batch_size / (now - t0), elapsed_s=agreed.main_seconds)
-                metrics.write(last)
-                warning = self.monitor.update(self.step, last["target_std"])
-                if warning and main:
-                    self.warn(warning)
+                result.host.update(step=self.step, epoch=self.step // self.steps_per_epoch,
+                                   skipped_images=agreed.skipped_images,
+                                   img_per_s=self.cfg.data.batch_size / (now - t0),
+                                   elapsed_s=agreed.main_seconds)
+                pending.append(result)
                 self.step += 1
                 self.train_seconds = seconds_before + agreed.main_seconds
                 bar.update(1)
@@ -205,17 +207,20 @@ class Trainer:
                     stop = self._refit(fits, clock.steps_per_s)
                     bar.total = stop
                     bar.refresh()
-                if self.step % cfg.log_every == 0 or self.step == stop or agreed.stop:
-                    metrics.flush()
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
-                                    img_s=f"{last['img_per_s']:.0f}")
-                if agreed.stop:
-                    break
                 out_of_time = cfg.max_minutes is not None and agreed.main_seconds > 60 * cfg.max_minutes
                 due = (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0) or (
                     cfg.checkpoint_every_minutes
                     and agreed.main_seconds - last_ckpt_seconds > 60 * cfg.checkpoint_every_minutes
                 )
+                ending = self.step == stop or agreed.stop or out_of_time
+                if len(pending) >= self.read_every or due or ending:
+                    last = self._read(pending, metrics) or last  # may raise NonFiniteError
+                if self.step % cfg.log_every == 0 or ending:
+                    metrics.flush()
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
+                                    img_s=f"{last['img_per_s']:.0f}")
+                if agreed.stop:
+                    break
                 if due and self.step < stop and not out_of_time:
                     metrics.flush()  # the metrics of every step a checkpoint holds are on disk too
                     self.save()
@@ -240,6 +245,18 @@ class Trainer:
             raise Preempted(self._signal_name(signals), self.step, path)
         self.log(f"imagejepa: saved {path}")
         return last
+
+    def _read(self, pending: list[StepResult], metrics: MetricsLog) -> dict | None:
+        """Read the pending steps' metrics from the device (one read), log them and watch
+        them (collapse warning; a non-finite step warns or stops); returns the last row."""
+        rows = self.stepper.read(pending)
+        pending.clear()
+        for row in rows:
+            metrics.write(row)
+            warning = self.monitor.update(row["step"], row["target_std"])
+            if warning and self.processes.is_main:
+                self.warn(warning)
+        return rows[-1] if rows else None
 
     def _signal_name(self, signals: StopSignals) -> str:
         return signals.received or SIGNAL_ELSEWHERE
