@@ -398,10 +398,12 @@ def test_a_non_finite_loss_on_one_rank_is_skipped_or_stops_on_every_rank(tmp_pat
 def test_fsdp_trains_like_one_process_resumes_exactly_and_its_checkpoint_evaluates(tmp_path, reference):
     """dist.strategy=fsdp (FSDP2, sharded per block, EMA on the shards) on 2 processes: the
     same losses and weights as one process (and so as DDP); stopped at step 3 and resumed
-    sharded, it ends equal; its checkpoint is the single-folder kind that eval reads."""
+    sharded, with grad_accum 2 and activation checkpointing from there on, it ends equal;
+    its checkpoint is the single-folder kind that eval reads."""
     run_dir, config = tmp_path / "run", config_file(tmp_path, "dist.strategy=fsdp")
-    for steps in (3, STEPS):  # a first part, then --resume auto continues it
-        code, out, err = run_script("train_single_node.sh", run_dir, f"train.max_steps={steps}",
+    later = ["optim.grad_accum=2", "train.activation_checkpointing=true"]
+    for steps, extra in ((3, []), (STEPS, later)):  # a first part, then --resume auto continues it
+        code, out, err = run_script("train_single_node.sh", run_dir, f"train.max_steps={steps}", *extra,
                                     config=config, gpus=2, max_restarts=0)
         assert code == 0, err[-3000:]
     assert "2 processes on cpu (FSDP2)" in out and "resumed from" in out and "step_00000003" in out

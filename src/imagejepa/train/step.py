@@ -78,6 +78,8 @@ class TrainStep:
         lr, wd, momentum = schedule
         set_lr_and_wd(self.optimizer, lr, wd)
         masks = self.rank_masks(step, images.shape[0])
+        if self.device.type == "cuda":  # pinned: the copies overlap with the device's work
+            masks = Masks(*(m.pin_memory() for m in masks))
         images = images.to(self.device, non_blocking=True)
         masks = Masks(*(m.to(self.device, non_blocking=True) for m in masks))
         accum, n = self.grad_accum, images.shape[0]
