@@ -607,6 +607,17 @@ def test_metrics_read_in_batches_as_on_a_gpu_change_nothing(tmp_path, on_nan):
         assert all(torch.equal(w1[k], w4[k]) for k in w1)
 
 
+def test_batched_reads_after_resuming_between_two_log_steps(tmp_path):
+    """Resumed at step 3 with metrics read every 4 steps and logged every 4: the log at step 4
+    has its row read first, and every step gets its row once."""
+    settings = ["train.checkpoint_every_steps=null", "train.log_every=4"]
+    Trainer(config("train.max_steps=3", *settings), tmp_path, log=quiet, warn=quiet).fit()
+    trainer = Trainer(config("train.max_steps=9", *settings), tmp_path, resume=True, log=quiet, warn=quiet)
+    trainer.read_every = 4
+    trainer.fit()
+    assert [int(r["step"]) for r in metric_rows(tmp_path)] == list(range(9))
+
+
 def test_skip_step_still_stops_a_run_that_only_produces_nan(tmp_path):
     trainer = Trainer(config("train.max_steps=20", "train.on_nan=skip_step"), tmp_path,
                       log=quiet, warn=quiet)

@@ -213,9 +213,10 @@ class Trainer:
                     and agreed.main_seconds - last_ckpt_seconds > 60 * cfg.checkpoint_every_minutes
                 )
                 ending = self.step == stop or agreed.stop or out_of_time
-                if len(pending) >= self.read_every or due or ending:
+                logging = self.step % cfg.log_every == 0 or ending
+                if len(pending) >= self.read_every or logging or due:
                     last = self._read(pending, metrics) or last  # may raise NonFiniteError
-                if self.step % cfg.log_every == 0 or ending:
+                if logging:
                     metrics.flush()
                     bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
                                     img_s=f"{last['img_per_s']:.0f}")
