@@ -67,12 +67,32 @@ def script(name: str, run_dir: Path, **settings) -> tuple[list[str], dict[str, s
     return ["bash", str(ROOT / "scripts" / name)], env
 
 
+STARTED: list[subprocess.Popen] = []  # each in its own session: killed whole if a test fails
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """A failed or timed-out test must not leave launchers and workers behind (they would
+    slow every later test and run)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
 def start(name: str, run_dir: Path, *extra: str, **settings) -> subprocess.Popen:
     command, env = script(name, run_dir, **settings)
     for item in extra:
         command += ["--set", item]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    STARTED.append(proc)
+    return proc
 
 
 def run_script(name: str, run_dir: Path, *extra: str, **settings) -> tuple[int, str, str]:
@@ -231,8 +251,10 @@ def srun_like(rank: int, world: int, port: int, args: list[str]) -> subprocess.P
     """One rank started as ``srun`` starts it: no torchrun, the rendezvous in the environment."""
     env = child_env() | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    return subprocess.Popen([sys.executable, "-m", "imagejepa", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "imagejepa", *args], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    STARTED.append(proc)
+    return proc
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status (Linux)")
