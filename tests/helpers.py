@@ -105,3 +105,18 @@ def catches(pid: int, sig: signal.Signals) -> bool:
         if line.startswith("SigCgt:"):
             return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
     return False
+
+
+def quiet(*_):
+    """A ``log``/``warn`` that says nothing."""
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [float(r["loss"]) for r in metric_rows(run_dir)]
+
+
+def final_tensors(run_dir: Path) -> dict:
+    """The tensors of a run's newest checkpoint."""
+    from imagejepa import checkpoint as ckpt
+
+    return ckpt.load_tensors(ckpt.find_checkpoint(run_dir))

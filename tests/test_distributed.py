@@ -26,7 +26,7 @@ from imagejepa.config import load_config
 from imagejepa.train.preempt import PREEMPTED_EXIT
 from imagejepa.train.trainer import Trainer
 
-from .helpers import ROOT, TINY_OVERRIDES, catches, child_env, metric_rows
+from .helpers import ROOT, TINY_OVERRIDES, catches, child_env, final_tensors, losses, metric_rows, quiet
 
 pytestmark = [pytest.mark.distributed,
               pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed")]
@@ -37,10 +37,6 @@ RUN = TINY_OVERRIDES + ["data.batch_size=16", "train.budget_minutes=null", "trai
                         "train.checkpoint_every_steps=null", f"train.max_steps={STEPS}"]
 TOL = 1e-5
 LAUNCH_TIMEOUT = 240
-
-
-def quiet(*_):
-    pass
 
 
 def config_file(folder: Path, *extra: str) -> Path:
@@ -110,14 +106,6 @@ def one_process(run_dir: Path, *extra: str) -> Path:
     """The reference: one process, in this one, training the whole global batch."""
     Trainer(load_config(None, RUN + list(extra)), run_dir, log=quiet, warn=quiet).fit()
     return run_dir
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [float(r["loss"]) for r in metric_rows(run_dir)]
-
-
-def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_tensors(ckpt.find_checkpoint(run_dir))
 
 
 def assert_same_training(run_dir: Path, reference: Path) -> None:
@@ -371,13 +359,13 @@ def test_an_official_file_on_two_processes_with_a_time_budget(tmp_path):
 def _rank_with_a_nan(rank: int, world: int, port: int, run_dir: Path, on_nan: str, out: Path) -> None:
     """One rank of :func:`test_a_non_finite_loss_on_one_rank_is_skipped_or_stops_on_every_rank`:
     rank 1's loss of step 2 is NaN; rank 0's is not."""
-    from imagejepa.distributed import start_processes, stop_processes
+    from imagejepa.distributed import processes_from_env, start_processes, stop_processes
     from imagejepa.errors import NonFiniteError
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    processes = start_processes(torch.device("cpu"))
+    processes = start_processes(processes_from_env(), torch.device("cpu"))
     try:
         cfg = load_config(None, RUN + [f"train.on_nan={on_nan}", "train.max_steps=5"])
         trainer = Trainer(cfg, run_dir, log=quiet, warn=quiet, processes=processes)

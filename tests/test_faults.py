@@ -32,17 +32,13 @@ from imagejepa.config import load_config
 from imagejepa.train.preempt import PREEMPTED_EXIT, Preempted, StopSignals
 from imagejepa.train.trainer import NonFiniteError, Trainer
 
-from .helpers import ROOT, TINY_OVERRIDES, catches, child_env, metric_rows
+from .helpers import ROOT, TINY_OVERRIDES, catches, child_env, final_tensors, losses, metric_rows, quiet
 
 STEPS = 10  # the reference run's length; checkpoints every 2 steps, the last 2 kept
 RUN = TINY_OVERRIDES + ["train.checkpoint_every_steps=2", "train.keep_last=2"]
 
 
 # -- helpers --------------------------------------------------------------------------------
-def quiet(*_):
-    pass
-
-
 def config(*extra):
     return load_config(None, RUN + list(extra))
 
@@ -61,14 +57,6 @@ def tiny_yaml(folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(config().to_yaml())
     return path
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [float(r["loss"]) for r in metric_rows(run_dir)]
-
-
-def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_tensors(ckpt.find_checkpoint(run_dir))
 
 
 def assert_same_run(run_dir: Path, reference) -> None:

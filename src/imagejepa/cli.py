@@ -185,7 +185,7 @@ def cmd_pretrain(args, signals=None) -> None:
     if args.resume:
         _check_same_run(cfg, Path(args.run_dir))
     check_batch_split(cfg, launched.world_size)  # before waiting for the other processes
-    processes = start_processes(resolve_device(cfg.train.device, launched.local_rank))
+    processes = start_processes(launched, resolve_device(cfg.train.device, launched.local_rank))
     try:
         # Rank 0 names the run folder (a default name holds its clock's time).
         run_dir = text_from_main(processes, args.run_dir or

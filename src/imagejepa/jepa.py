@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import local_shard
 from .masking import Masks
 from .models import Encoder, Predictor, gather_tokens
 from .monitor import per_dim_std
@@ -68,17 +69,12 @@ class IJEPA(nn.Module):
         it is, decided without reading the flag back. Sharded by FSDP2, both networks are
         sharded alike, so each rank updates its own shards of the target from its shards of
         the encoder, with no communication."""
-        target = [_local(p) for p in self.target_encoder.parameters()]
-        online = [_local(p) for p in self.encoder.parameters()]
+        target = [local_shard(p) for p in self.target_encoder.parameters()]
+        online = [local_shard(p) for p in self.encoder.parameters()]
         weight = 1.0 - momentum
         if moving is not None:
             weight = moving.to(target[0].dtype) * weight
         torch._foreach_lerp_(target, online, weight)
-
-
-def _local(p: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a sharded (DTensor) parameter; the tensor itself otherwise."""
-    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def build_encoder(model_cfg) -> Encoder:

@@ -6,10 +6,10 @@ every function here is a no-op when no process group was started."""
 
 from .collectives import Agreement, agree_after_step, barrier, sum_over_ranks, text_from_main
 from .processes import SINGLE, Processes, lost_contact, processes_from_env, start_processes, stop_processes
-from .wrap import STRATEGIES, gradient_sync, is_sharded, wrap_data_parallel
+from .wrap import STRATEGIES, gradient_sync, is_sharded, local_shard, wrap_data_parallel
 
 __all__ = [
     "SINGLE", "STRATEGIES", "Agreement", "Processes", "agree_after_step", "barrier", "gradient_sync",
-    "is_sharded", "lost_contact", "processes_from_env", "start_processes", "stop_processes",
+    "is_sharded", "local_shard", "lost_contact", "processes_from_env", "start_processes", "stop_processes",
     "sum_over_ranks", "text_from_main", "wrap_data_parallel",
 ]

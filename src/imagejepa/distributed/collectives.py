@@ -16,12 +16,6 @@ import torch.distributed as dist
 from .processes import Processes
 
 
-def _sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
-
-
 def sum_over_ranks(processes: Processes, values: torch.Tensor) -> torch.Tensor:
     """``values`` summed over the ranks, on their device (NCCL on a GPU: nothing is read back)."""
     if not processes.started:
@@ -45,9 +39,8 @@ def agree_after_step(processes: Processes, stop_here: bool, seconds: float,
     """One all_reduce of this rank's stop flag, clock (rank 0's only) and skipped-file count."""
     if not processes.started:
         return Agreement(stop_here, seconds, skipped_images)
-    stops, main_seconds, skipped = _sum(
-        [float(stop_here), seconds if processes.is_main else 0.0, float(skipped_images)]
-    )
+    mine = [float(stop_here), seconds if processes.is_main else 0.0, float(skipped_images)]
+    stops, main_seconds, skipped = sum_over_ranks(processes, torch.tensor(mine, dtype=torch.float64)).tolist()
     return Agreement(stops > 0, main_seconds, int(skipped))
 
 

@@ -5,7 +5,7 @@ rendezvous of ``init_process_group``."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import torch
@@ -58,17 +58,17 @@ def processes_from_env() -> Processes:
     return Processes(rank, local, world)
 
 
-def start_processes(device: torch.device) -> Processes:
-    """Join the process group the launcher described (no-op for one process not under torchrun).
+def start_processes(processes: Processes, device: torch.device) -> Processes:
+    """Join the process group the launcher described (``processes``, from
+    :func:`processes_from_env`); a no-op for one process not under torchrun.
 
     CPU tensors go through gloo and CUDA tensors through NCCL, so the trainer's small control
     tensors stay on the CPU whatever the device. Under torchrun a single process starts a group
     too, so that DDP is exercised with one GPU exactly as with many."""
-    processes = processes_from_env()
     if processes is SINGLE:
         return SINGLE
     if dist.is_initialized():  # started earlier in this process
-        return _running(processes)
+        return replace(processes, started=True)
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
             raise ConfigError(f"environment: RANK is set but {name} is not; launch with torchrun, or set "
@@ -79,7 +79,7 @@ def start_processes(device: torch.device) -> Processes:
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend, store=_store(processes), rank=processes.rank,
                             world_size=processes.world_size, timeout=TIMEOUT)
-    return _running(processes)
+    return replace(processes, started=True)
 
 
 def _store(processes: Processes) -> dist.Store:
@@ -95,10 +95,6 @@ def _store(processes: Processes) -> dist.Store:
                           timeout=TIMEOUT, multi_tenant=True)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"imagejepa/attempt_{attempt}", store)
-
-
-def _running(processes: Processes) -> Processes:
-    return Processes(processes.rank, processes.local_rank, processes.world_size, started=True)
 
 
 def lost_contact(error: BaseException) -> bool:

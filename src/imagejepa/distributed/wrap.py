@@ -67,6 +67,11 @@ def _blocks(network: nn.Module) -> nn.ModuleList:
     return getattr(network, "blocks", None) or network.predictor_blocks
 
 
+def local_shard(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a tensor FSDP2 sharded (a DTensor); the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def is_sharded(module: nn.Module) -> bool:
     """Whether FSDP2 has sharded ``module``'s parameters."""
     return any(hasattr(p, "to_local") for p in module.parameters())

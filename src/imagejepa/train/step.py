@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..distributed import Processes, gradient_sync, sum_over_ranks
+from ..distributed import Processes, gradient_sync, local_shard, sum_over_ranks
 from ..errors import NonFiniteError
 from ..masking import Masks
 from ..runtime import autocast
@@ -98,7 +98,7 @@ class TrainStep:
             patches = {k: metrics[k] for k in ("context_patches", "target_patches")}
         stats = sums / accum
         with_grad = [(name, p) for name, p in self.model.named_parameters() if p.grad is not None]
-        first_bad, bad_norm = _first_non_finite([_local(p.grad) for _, p in with_grad])
+        first_bad, bad_norm = _first_non_finite([local_shard(p.grad) for _, p in with_grad])
         bad_here = (~stats[0].isfinite()) | (first_bad >= 0)
         # One collective: the metrics' sum and the count of ranks with a non-finite value.
         summed = sum_over_ranks(self.processes, torch.cat([stats, bad_here.float()[None]]))
@@ -165,8 +165,3 @@ def _first_non_finite(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     bad = ~norms.isfinite()
     index = torch.where(bad.any(), bad.int().argmax(), torch.tensor(-1, device=norms.device))
     return index, norms[index.clamp(min=0)]
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a sharded (DTensor) gradient; the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
