@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import IO
 
 import numpy as np
 import torch
@@ -56,9 +57,10 @@ def pil_to_uint8(image) -> torch.Tensor:
     return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file fully -> uint8 ``(C, H, W)``; :class:`BadImageError` naming the
-    file when it is empty, truncated, not an image, or otherwise undecodable."""
+def read_image(path: str | os.PathLike | IO[bytes], where: str | None = None) -> torch.Tensor:
+    """Decode an image file (a path, or a file object named ``where``) fully -> uint8
+    ``(C, H, W)``; :class:`BadImageError` naming the file when it is empty, truncated, not an
+    image, or otherwise undecodable."""
     from PIL import Image, ImageOps
 
     try:
@@ -67,7 +69,7 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
             return pil_to_uint8(ImageOps.exif_transpose(image))
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
         reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        raise BadImageError(str(path), reason) from e
+        raise BadImageError(where or str(path), reason) from e
 
 
 class TensorImageDataset:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from .base import IMAGENET_MEAN, IMAGENET_STD, BadImageError, pil_to_uint8
+from .base import IMAGENET_MEAN, IMAGENET_STD, read_image
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
 META_FILE = "shards.json"  # written by `imagejepa shard`: class names and the normalisation
@@ -73,21 +73,13 @@ class ShardDataset:
         return len(self.entries)
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image, ImageOps
-
         number, name, offset, size = self.entries[index]
         f = self._files.get(number)
         if f is None:
             f = self._files[number] = open(self.shards[number], "rb")
         f.seek(offset)
-        data = f.read(size)
-        where = f"{self.shards[number]}:{name}"
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return pil_to_uint8(ImageOps.exif_transpose(image)), int(self.labels[index])
-        except Exception as e:
-            raise BadImageError(where, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
+        image = read_image(io.BytesIO(f.read(size)), where=f"{self.shards[number]}:{name}")
+        return image, int(self.labels[index])
 
     def __getstate__(self):  # DataLoader workers open their own files
         return {**self.__dict__, "_files": {}}
