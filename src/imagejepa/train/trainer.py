@@ -32,7 +32,15 @@ from tqdm import tqdm
 from .. import checkpoint as ckpt
 from ..config import Config
 from ..data import DataError
-from ..distributed import SINGLE, Processes, agree_after_step, barrier, lost_contact, wrap_data_parallel
+from ..distributed import (
+    SINGLE,
+    Processes,
+    agree_after_step,
+    barrier,
+    is_sharded,
+    lost_contact,
+    wrap_data_parallel,
+)
 from ..errors import ImageJepaError, LostProcessError, NonFiniteError
 from ..masking import Masks
 from ..monitor import CollapseMonitor
@@ -60,7 +68,7 @@ def _quiet(message: str) -> None:
 
 
 class Trainer:
-    """``Trainer(cfg, run_dir, resume).fit()``; ``train_step(images, step) -> metrics``.
+    """``Trainer(cfg, run_dir, resume).fit()``; ``train_step(images, step) -> StepResult``.
 
     ``fallback=True`` (with ``resume``) continues from the newest checkpoint that passes
     verification when the one ``latest`` names is damaged; otherwise that is an error.
@@ -93,7 +101,6 @@ class Trainer:
         # host wait for the device, free on a CPU, a stall of the pipeline on a GPU.
         self.read_every = 1 if self.device.type == "cpu" else cfg.train.log_every
         self.step = 0
-        self.last_checkpoint: Path | None = None  # the newest complete checkpoint of this run
         self.bad_files: dict[str, str] = {}  # path -> reason, each reported once
         if resume:
             self._resume(fallback)
@@ -108,6 +115,15 @@ class Trainer:
     @forward.setter
     def forward(self, forward) -> None:
         self.stepper.forward = forward
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of this run (named when a non-finite step stops it)."""
+        return self.stepper.last_checkpoint
+
+    @last_checkpoint.setter
+    def last_checkpoint(self, path: Path) -> None:
+        self.stepper.last_checkpoint = path
 
     def sample_masks(self, step: int, batch_size: int) -> Masks:
         """The masks of a global batch of ``batch_size`` at ``step``."""
@@ -314,7 +330,8 @@ class Trainer:
         if self.last_checkpoint is not None and self.last_checkpoint.name == ckpt.checkpoint_name(self.step):
             return self.last_checkpoint  # already saved: same step, same state
         checkpoints = self.run_dir / "checkpoints"
-        tensors, optimizer_state = gather_training_state(self.model, self.optimizer)  # all ranks if sharded
+        if self.processes.is_main or is_sharded(self.model):  # gathering shards takes every rank
+            tensors, optimizer_state = gather_training_state(self.model, self.optimizer)
         if self.processes.is_main:
             path = save_training_state(
                 checkpoints, self.step, tensors, optimizer_state, self.train_seconds, self._meta(),
@@ -322,7 +339,7 @@ class Trainer:
             )
         else:
             path = checkpoints / ckpt.checkpoint_name(self.step)
-        self.last_checkpoint = self.stepper.last_checkpoint = path
+        self.last_checkpoint = path
         return path
 
     def _meta(self) -> dict:
@@ -345,7 +362,7 @@ class Trainer:
         barrier(self.processes)  # the others read what rank 0 has tidied
         folder = find_resume_point(self.run_dir, fallback, self.warn if self.processes.is_main else _quiet)
         self.step, self.train_seconds = load_training_state(folder, self.model, self.optimizer)
-        self.last_checkpoint = self.stepper.last_checkpoint = folder
+        self.last_checkpoint = folder
         self.log(f"imagejepa: resumed from {folder} at step {self.step}")
 
 
