@@ -73,9 +73,9 @@ LAYERS = [
     ("imagejepa.errors", "imagejepa.utils"),
     ("imagejepa.models", "imagejepa.masking", "imagejepa.data"),
     ("imagejepa.config", "imagejepa.official_config", "imagejepa.runtime", "imagejepa.distributed"),
-    ("imagejepa.jepa", "imagejepa.monitor", "imagejepa.checkpoint"),
-    ("imagejepa.train", "imagejepa.eval", "imagejepa.interop"),
-    ("imagejepa.bench",),
+    ("imagejepa.jepa", "imagejepa.checkpoint"),
+    ("imagejepa.train", "imagejepa.eval", "imagejepa.interop", "imagejepa.monitor"),
+    ("imagejepa.bench", "imagejepa.viz"),
     ("imagejepa.cli", "imagejepa.__main__", "imagejepa"),
 ]
 

@@ -110,6 +110,25 @@ class EvalConfig:
 
 
 @dataclass
+class MonitorConfig:
+    # Representation health (RankMe, cosine of predictions to targets, loss per target block)
+    # on the current batch every this many steps; 0: off (per-dim std is logged every step).
+    every: int = 50
+    # Online kNN top-1 of the target encoder on a fixed held-out subset of the training split
+    # against a fixed bank of it, every this many steps; 0: off. Only for labelled data.
+    knn_every: int = 500
+    knn_bank: int = 2000  # images in the bank
+    knn_queries: int = 500  # held-out images classified against it
+    knn_k: int = 20
+    # Warn when RankMe falls below this fraction of the highest value the run has seen.
+    rankme_drop: float | None = 0.25
+    tensorboard: bool = False  # scalars and pictures under RUN_DIR/tensorboard (pip install tensorboard)
+    wandb: bool = False  # Weights & Biases (pip install wandb); offline unless wandb_mode: online
+    wandb_mode: str = "offline"
+    wandb_project: str = "imagejepa"
+
+
+@dataclass
 class Config:
     # How the file was read, for the start-up line (an official file's per-process batch);
     # not a setting, so not saved.
@@ -122,6 +141,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -136,6 +156,7 @@ ALLOWED = {
     "train.on_nan": ("stop", "skip_step"),
     "data.on_error": ("skip", "raise"),
     "dist.strategy": ("ddp", "fsdp"),
+    "monitor.wandb_mode": ("offline", "online"),
 }
 
 
@@ -371,6 +392,15 @@ def validate(cfg: Config) -> None:
         0 <= d.max_bad_fraction <= 1, f"data.max_bad_fraction must be within [0, 1], got {d.max_bad_fraction}"
     )
     _require(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    mon = cfg.monitor
+    for key in ("every", "knn_every"):
+        _require(getattr(mon, key) >= 0, f"monitor.{key} must be >= 0 (0: off), got {getattr(mon, key)}")
+    for key in ("knn_bank", "knn_queries", "knn_k"):
+        _require(getattr(mon, key) >= 1, f"monitor.{key} must be >= 1, got {getattr(mon, key)}")
+    _require(
+        mon.rankme_drop is None or 0 < mon.rankme_drop < 1,
+        f"monitor.rankme_drop must be within (0, 1) or null, got {mon.rankme_drop}",
+    )
     _require(
         t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
         f"train.device: got {t.device!r}; allowed: auto, cpu, cuda, cuda:N",

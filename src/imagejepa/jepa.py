@@ -20,11 +20,18 @@ from torch import nn
 from .distributed import local_shard
 from .masking import Masks
 from .models import Encoder, Predictor, gather_tokens
-from .monitor import per_dim_std
+
+
+def per_dim_std(features: torch.Tensor) -> torch.Tensor:
+    """``(..., D)`` -> ``(D,)``: std of each dimension over all the leading axes (near 0 for
+    every dimension when the representation collapses)."""
+    return features.reshape(-1, features.shape[-1]).float().std(dim=0)
 
 
 class IJEPA(nn.Module):
-    """``forward(images (B, C, H, W), masks) -> (loss, metrics)``."""
+    """``forward(images (B, C, H, W), masks) -> (loss, metrics)``; ``metrics`` holds the
+    scalars ``target_std``, ``pred_std``, the patch counts, and the ``predicted`` and
+    ``target`` features ``(B, T, Kt, D)`` themselves (detached)."""
 
     def __init__(self, encoder: Encoder, predictor: Predictor, loss: str = "smooth_l1"):
         super().__init__()
@@ -58,6 +65,9 @@ class IJEPA(nn.Module):
                 "pred_std": per_dim_std(predicted.detach()).mean(),
                 "context_patches": masks.context.shape[1],
                 "target_patches": masks.targets.shape[2],
+                # For the health metrics the trainer computes every few steps (no copy).
+                "predicted": predicted.detach(),
+                "target": target,
             }
         return loss, metrics
 

@@ -85,9 +85,14 @@ class EvalTransform:
         self.size, self.in_chans = size, in_chans
         self.mean, self.std = list(mean), list(std)
 
-    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def resized(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Channels matched, resized and centre-cropped, still uint8 ``(..., in_chans, size, size)``."""
         image = match_channels(image, self.in_chans)
         if tuple(image.shape[-2:]) != (self.size, self.size):
             image = TF.resize(image, self.size, antialias=True)
             image = TF.center_crop(image, [self.size, self.size])
+        return image
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        image = self.resized(image)
         return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), self.mean, self.std)

@@ -1,5 +1,10 @@
 """``metrics.csv``: one row per step, written by rank 0 only.
 
+The health columns (``rankme``, ``pred_cos``, ``loss_block1..T``) are filled on the steps
+that watch the representation (``monitor.every``), ``knn_top1`` on the online kNN steps
+(``monitor.knn_every``), and are empty on the others. A row with a column not listed here
+is an error, not a silently dropped value.
+
 On start the file is rewritten (atomically) with only the rows of the steps before the one
 the run continues from, so a resumed run never holds a step twice."""
 
@@ -15,15 +20,24 @@ METRIC_COLUMNS = (
     "step", "epoch", "loss", "lr", "weight_decay", "ema", "target_std", "pred_std",
     "context_patches", "target_patches", "skipped_images", "skipped_step", "img_per_s", "elapsed_s",
 )
+HEALTH_COLUMNS = ("rankme", "pred_cos")
+KNN_COLUMN = "knn_top1"
+
+
+def metric_columns(num_targets: int) -> tuple[str, ...]:
+    """Every column of a run with ``num_targets`` target blocks, in file order."""
+    blocks = tuple(f"loss_block{i + 1}" for i in range(num_targets))
+    return METRIC_COLUMNS + HEALTH_COLUMNS + blocks + (KNN_COLUMN,)
 
 
 class MetricsLog:
-    """``with MetricsLog(path, from_step, writes) as log: log.write(row); log.flush()``.
+    """``with MetricsLog(path, from_step, columns, writes) as log: log.write(row); log.flush()``.
 
     ``writes=False`` (ranks other than 0) makes every method a no-op."""
 
-    def __init__(self, path: Path, from_step: int, writes: bool = True):
-        self.path, self.writes = Path(path), writes
+    def __init__(self, path: Path, from_step: int, columns: tuple[str, ...] = METRIC_COLUMNS,
+                 writes: bool = True):
+        self.path, self.columns, self.writes = Path(path), columns, writes
         self._file = self._writer = None
         if writes:
             self._keep_rows_before(from_step)
@@ -34,7 +48,8 @@ class MetricsLog:
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) < step]
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        # Rows of an earlier version of the file keep the columns it had; new ones stay empty.
+        writer = csv.DictWriter(text, fieldnames=self.columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.path, text.getvalue())
@@ -42,7 +57,7 @@ class MetricsLog:
     def __enter__(self) -> MetricsLog:
         if self.writes:
             self._file = open(self.path, "a", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            self._writer = csv.DictWriter(self._file, fieldnames=self.columns)  # unknown keys raise
         return self
 
     def write(self, row: dict) -> None:

@@ -23,6 +23,7 @@ import torch
 from ..distributed import Processes, gradient_sync, local_shard, sum_over_ranks
 from ..errors import NonFiniteError
 from ..masking import Masks
+from ..monitor import health_metrics
 from ..runtime import autocast
 from ..utils.seeds import mix_seed
 from .optim import set_lr_and_wd
@@ -41,6 +42,9 @@ class StepResult:
     values: torch.Tensor
     host: dict = field(default_factory=dict)
     grad_names: list[str] = field(default_factory=list)  # what the gradient index refers to
+    # On the steps that watch the representation (rank 0): ``[rankme, pred_cos, block
+    # losses (T)]`` on this rank's batch, see :func:`imagejepa.monitor.health_metrics`.
+    health: torch.Tensor | None = None
 
 
 class TrainStep:
@@ -69,8 +73,10 @@ class TrainStep:
         rows = slice(p.rank * local_batch, (p.rank + 1) * local_batch)
         return Masks(masks.context[rows], masks.targets[rows])
 
-    def __call__(self, images: torch.Tensor, step: int, schedule: tuple[float, float, float]) -> StepResult:
-        """Forward and backward over the chunks, then the optimiser and EMA updates.
+    def __call__(self, images: torch.Tensor, step: int, schedule: tuple[float, float, float],
+                 watch: bool = False) -> StepResult:
+        """Forward and backward over the chunks, then the optimiser and EMA updates; with
+        ``watch``, also the health metrics of the last chunk's predictions and targets.
 
         A non-finite loss or gradient (on any rank: the loss is averaged over ranks, and the
         ranks add up their flags) leaves weights, optimiser and target encoder untouched on
@@ -96,6 +102,11 @@ class TrainStep:
                                         metrics["pred_std"].float()])
             sums = chunk_values if sums is None else sums + chunk_values
             patches = {k: metrics[k] for k in ("context_patches", "target_patches")}
+        health = None
+        if watch:  # the last chunk's features, before the update (what the loss saw)
+            h = health_metrics(metrics["predicted"], metrics["target"], self.model.loss_name)
+            health = torch.cat([h["rankme"][None], h["pred_cos"][None], h["block_loss"]])
+        del metrics
         stats = sums / accum
         with_grad = [(name, p) for name, p in self.model.named_parameters() if p.grad is not None]
         first_bad, bad_norm = _first_non_finite([local_shard(p.grad) for _, p in with_grad])
@@ -106,7 +117,7 @@ class TrainStep:
         self._apply(bad, momentum)
         values = torch.cat([stats, bad.float()[None], first_bad.float()[None], bad_norm.float()[None]])
         host = {**patches, "lr": lr, "weight_decay": wd, "ema": momentum}
-        return StepResult(step, values, host, [name for name, _ in with_grad])
+        return StepResult(step, values, host, [name for name, _ in with_grad], health)
 
     def _apply(self, bad: torch.Tensor, momentum: float) -> None:
         """The optimiser step and the EMA update, both nothing where ``bad``; decided on the
@@ -126,10 +137,17 @@ class TrainStep:
         if not results:
             return []
         table = torch.stack([r.values for r in results]).tolist()
+        watched = [r for r in results if r.health is not None]
+        health = dict(zip((r.step for r in watched), torch.stack([r.health for r in watched]).tolist())) \
+            if watched else {}
         rows = []
         for result, (loss, target_std, pred_std, skipped, first_bad, bad_norm) in zip(results, table):
             row = {"loss": loss, "target_std": target_std, "pred_std": pred_std, **result.host,
                    "skipped_step": int(skipped)}
+            if result.step in health:
+                rank_me, pred_cos, *block_loss = health[result.step]
+                row.update(rankme=rank_me, pred_cos=pred_cos,
+                           **{f"loss_block{i + 1}": v for i, v in enumerate(block_loss)})
             rows.append(row)
             if not skipped:
                 self.skipped_in_a_row = 0

@@ -43,16 +43,16 @@ from ..distributed import (
 )
 from ..errors import ImageJepaError, LostProcessError, NonFiniteError
 from ..masking import Masks
-from ..monitor import CollapseMonitor
 from ..runtime import resolve_device, resolve_precision
 from ..utils.files import atomic_write_text
 from . import budget
 from .build import build_data, build_loader, build_model, build_model_optimizer, check_startable, plan_length
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, metric_columns
 from .preempt import Preempted, StopSignals
 from .schedules import Schedules
 from .state import find_resume_point, gather_training_state, load_training_state, save_training_state
 from .step import StepResult, TrainStep
+from .watch import RunWatch
 
 __all__ = ["NonFiniteError", "Trainer"]
 
@@ -79,7 +79,7 @@ class Trainer:
                  warn=_stderr, fallback: bool = False, processes: Processes = SINGLE):
         self.cfg, self.run_dir, self.processes = cfg, Path(run_dir), processes
         self.log = log if processes.is_main else _quiet
-        self.warn = warn
+        self._emit_warning, self._bar = warn, None
         check_startable(cfg, processes)
         self.device = resolve_device(cfg.train.device, processes.local_rank)
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -96,7 +96,7 @@ class Trainer:
         self.stepper = TrainStep(self.model, forward, self.optimizer, masks, cfg.train.seed,
                                  cfg.optim.grad_accum, self.device, self.precision, processes,
                                  cfg.train.on_nan, warn)
-        self.monitor = CollapseMonitor(cfg.train.collapse_std)
+        self.watch = RunWatch(cfg, self.dataset, self.mean, self.std, self.device, self.precision, processes)
         # How many steps' metrics wait on the device before they are read: reading makes the
         # host wait for the device, free on a CPU, a stall of the pipeline on a GPU.
         self.read_every = 1 if self.device.type == "cpu" else cfg.train.log_every
@@ -105,6 +105,14 @@ class Trainer:
         if resume:
             self._resume(fallback)
         self.loader = build_loader(cfg, data, self.step, processes, self.device)
+
+    def warn(self, message: str) -> None:
+        """A warning line, above the progress bar while one is shown."""
+        if self._bar is not None:
+            self._bar.clear()
+        self._emit_warning(message)
+        if self._bar is not None:
+            self._bar.refresh()
 
     # -- one optimisation step (step.py) ---------------------------------------------------
     @property
@@ -131,8 +139,9 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, step: int) -> StepResult:
         """One optimiser step on this rank's part ``(b, C, H, W)`` of the global batch; its
-        metrics stay on the device until :meth:`TrainStep.read`."""
-        return self.stepper(images, step, self.schedules.at(step))
+        metrics stay on the device until :meth:`TrainStep.read`. On the steps that watch the
+        representation (``monitor.every``) with the health metrics too."""
+        return self.stepper(images, step, self.schedules.at(step), self.watch.health_due(step))
 
     def _note_skipped_files(self, skipped: list[tuple[str, str]]) -> None:
         """Warn once per unreadable file; stop when more than data.max_bad_fraction are bad."""
@@ -192,14 +201,19 @@ class Trainer:
             f"{self.cfg.data.dataset} ({len(self.dataset)} images), {self._where()} {self.precision}, "
             f"{self._batch()}, {length}, run dir {self.run_dir}"
         )
+        self.log(f"imagejepa: monitor: {self.watch.describe()}")
+        self.watch.start(self.run_dir, self.step)
+        first_step = self.step
         start_time = time.perf_counter()
         seconds_before, last_ckpt_seconds = self.train_seconds, 0.0
         last, pending = {}, []  # pending: steps whose metrics are still on the device
         bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
                    dynamic_ncols=True, mininterval=1.0, disable=not main)
+        self._bar = bar if main else None
         # The bar is closed before any error propagates, so an error message is the last line.
-        with (MetricsLog(self.run_dir / "metrics.csv", self.step, writes=main) as metrics, bar,
-              contextlib.closing(iter(self.loader)) as batches):
+        columns = metric_columns(self.cfg.mask.num_targets)
+        with (MetricsLog(self.run_dir / "metrics.csv", self.step, columns, writes=main) as metrics, bar,
+              contextlib.closing(self.watch), contextlib.closing(iter(self.loader)) as batches):
             while self.step < stop:
                 t0 = time.perf_counter()
                 images, _, skipped = _next_batch(batches)
@@ -207,6 +221,12 @@ class Trainer:
                     self._note_skipped_files(skipped)
                 result = self.train_step(images, self.step)
                 now = time.perf_counter()
+                if self.step == first_step:
+                    self.watch.picture_masks(images, self.stepper.rank_masks(self.step, images.shape[0]),
+                                             self.model.encoder.grid, self.cfg.model.patch_size, self.step)
+                if self.watch.knn_due(self.step, stop):
+                    result.host["knn_top1"] = self.watch.knn(self.model.target_encoder, self.step,
+                                                             is_sharded(self.model))
                 agreed = agree_after_step(self.processes, signals.received is not None,
                                           now - start_time, len(skipped))
                 result.host.update(step=self.step, epoch=self.step // self.steps_per_epoch,
@@ -234,8 +254,9 @@ class Trainer:
                     last = self._read(pending, metrics) or last  # may raise NonFiniteError
                 if logging:
                     metrics.flush()
+                    self.watch.trackers.flush()
                     bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
-                                    img_s=f"{last['img_per_s']:.0f}")
+                                    img_s=f"{last['img_per_s']:.0f}", **self.watch.latest)
                 if agreed.stop:
                     break
                 if due and self.step < stop and not out_of_time:
@@ -249,6 +270,7 @@ class Trainer:
                     self.log(f"imagejepa: time limit of {cfg.max_minutes} min reached at step {self.step}")
                     break
             bar.close()
+            self._bar = None
             metrics.flush()
             # Still inside StopSignals: a SIGTERM now must not interrupt the final save.
             path = self.save()
@@ -270,9 +292,9 @@ class Trainer:
         pending.clear()
         for row in rows:
             metrics.write(row)
-            warning = self.monitor.update(row["step"], row["target_std"])
-            if warning and self.processes.is_main:
-                self.warn(warning)
+            for warning in self.watch.observe(row):
+                if self.processes.is_main:
+                    self.warn(warning)
         return rows[-1] if rows else None
 
     def _signal_name(self, signals: StopSignals) -> str:
