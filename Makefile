@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data demo test test-fast test-avx2 bench bench-quality lint clean
+.PHONY: install data chromium demo test test-fast test-avx2 bench bench-quality lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,20 @@ demo: install data
 		--out runs/demo/linear_probe.json
 	$(VENV)/bin/imagejepa eval knn --checkpoint runs/demo --data fashion-mnist --baselines \
 		--out runs/demo/knn.json
+	$(VENV)/bin/imagejepa report runs/demo
 
-test: install data
+# Headless Chromium, for the test that looks at report.html as a browser draws it.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "chromium: found"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get install -y -q chromium || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }; \
+	else \
+		echo "chromium not found and apt-get unavailable: install Chromium (the report test needs it)"; \
+	fi
+
+test: install data chromium
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -43,7 +55,7 @@ test-fast: install
 
 # The suite as a CPU with AVX2 only sees it (PyTorch, oneDNN and MKL capped at AVX2): on a
 # machine with AVX512 this runs the other CPU path (fp32 by default, no packed bf16 kernels).
-test-avx2: install data
+test-avx2: install data chromium
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -q
 
 bench: install

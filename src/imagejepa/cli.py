@@ -92,6 +92,36 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--split", choices=("train", "test"), default="train")
     sh.add_argument("--per-shard", type=int, default=1000, metavar="N", help="images per shard (1000)")
 
+    viz = sub.add_parser("viz", help="pictures as PNG: masks, feature PCA, training curves, neighbours")
+    v_sub = viz.add_subparsers(dest="what", required=True)
+    vm = v_sub.add_parser("masks", help="training crops with the configured context and target blocks")
+    vm.add_argument("--config", required=True, help="YAML config (this project's schema or an official file)")
+    vm.add_argument("--data", help="data spec instead of the config's data.dataset")
+    vm.add_argument("--out", required=True, help="FILE.png")
+    vm.add_argument("--images", type=int, default=8, help="images to show (8), at most 8 a row")
+    vm.add_argument("--seed", type=int, help="crops and masks of this seed (default: train.seed)")
+    vf = v_sub.add_parser("features", help="first three PCA components of the patch features as RGB")
+    vf.add_argument("--checkpoint", required=True, help="run or checkpoint folder, official/HF/timm weights")
+    vf.add_argument("--data", required=True, help="data spec, e.g. fashion-mnist or imagefolder:PATH")
+    vf.add_argument("--out", required=True, help="FILE.png")
+    vf.add_argument("--images", type=int, default=8, help="images to show (8), at most 8 a row pair")
+    vf.add_argument("--split", choices=("train", "test"), default="test")
+    vc = v_sub.add_parser("curves", help="loss, lr, EMA, RankMe, target std, kNN of runs' metrics.csv")
+    vc.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (one line each)")
+    vc.add_argument("--out", required=True, help="FILE.png")
+    vn = v_sub.add_parser("neighbors", help="test images and their nearest training images (cosine)")
+    vn.add_argument("--checkpoint", required=True, help="run or checkpoint folder, official/HF/timm weights")
+    vn.add_argument("--data", required=True, help="data spec, e.g. fashion-mnist or imagefolder:PATH")
+    vn.add_argument("--out", required=True, help="FILE.png")
+    vn.add_argument("--queries", type=int, default=6, help="query images, one a row (6)")
+    vn.add_argument("--k", type=int, default=5, help="neighbours per query (5)")
+    vn.add_argument("--bank", type=int, default=5000, help="search the first M training images (5000)")
+
+    rep = sub.add_parser("report", help="one self-contained report.html of a run: health, curves, "
+                                        "masks, features, evaluations, config")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="run folder of imagejepa pretrain")
+    rep.add_argument("--out", help="FILE.html (default: RUN_DIR/report.html)")
+
     bench = sub.add_parser("bench", help="speed benchmarks; prints one JSON object")
     b_sub = bench.add_subparsers(dest="what", required=True)
     bt = b_sub.add_parser("train", help="training step throughput and roofline fraction")
@@ -300,6 +330,41 @@ def cmd_shard(args) -> None:
           f"--set data.dataset=webdataset:{pattern}")
 
 
+def cmd_viz(args) -> None:
+    from .viz.figure import check_png_path, png_pixel_size
+
+    check_png_path(args.out)
+    if args.what == "masks":
+        from .viz.masks import write_masks_png
+
+        out, panels = write_masks_png(args.config, args.out, args.images, args.seed, args.data), args.images
+    elif args.what == "features":
+        from .viz.features import write_features_png
+
+        out = write_features_png(args.checkpoint, args.data, args.out, args.images, args.split)
+        panels = 2 * args.images
+    elif args.what == "curves":
+        from .viz.curves import PANELS, write_curves_png
+
+        out, panels = write_curves_png(args.run_dirs, args.out), len(PANELS)
+    else:
+        from .viz.neighbors import write_neighbors_png
+
+        out = write_neighbors_png(args.checkpoint, args.data, args.out, args.queries, args.k, args.bank)
+        panels = args.queries * (1 + args.k)
+    width, height = png_pixel_size(out)
+    print(f"imagejepa viz {args.what}: wrote {out} ({panels} panels, {width}x{height} pixels)")
+
+
+def cmd_report(args) -> None:
+    from .viz.report import write_report
+
+    def warn(message: str) -> None:  # a section left out, and why
+        print(f"imagejepa report: {message}", file=sys.stderr, flush=True)
+
+    print(write_report(args.run_dir, args.out, warn=warn), flush=True)
+
+
 def cmd_bench(args) -> None:
     if args.what == "train":
         from .bench.train import bench_train
@@ -387,7 +452,8 @@ def cmd_convert(args) -> None:
 
 # The commands other than pretrain, which alone is given the stop signals (see _run).
 COMMANDS = {"eval": cmd_eval, "embed": cmd_embed, "shard": cmd_shard, "bench": cmd_bench,
-            "info": cmd_info, "convert": cmd_convert}
+            "info": cmd_info, "convert": cmd_convert, "viz": cmd_viz,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
