@@ -57,6 +57,21 @@ WHAT_TO_TRY = ("try a lower optim.lr, a slower EMA (optim.ema starting nearer 1,
                "a longer warm-up (optim.warmup_epochs) or a smaller batch")
 
 
+class _OncePerEpisode:
+    """``first(bad) -> bool``: true when ``bad`` starts an episode (the first bad value
+    after good ones), so a warning is given once per episode, not at every step of it."""
+
+    def __init__(self):
+        self.warned = False
+
+    def first(self, bad: bool) -> bool:
+        if not bad:
+            self.warned = False
+            return False
+        started, self.warned = not self.warned, True
+        return started
+
+
 class CollapseMonitor:
     """Warns when the mean of the last ``window`` ``target_std`` values falls below ``threshold``.
 
@@ -67,19 +82,20 @@ class CollapseMonitor:
     def __init__(self, threshold: float | None, window: int = 20):
         self.threshold = threshold
         self.recent: deque[float] = deque(maxlen=window)
-        self.warned = False
+        self.episode = _OncePerEpisode()
+
+    @property
+    def collapsing(self) -> bool:
+        """Whether the last value was still below the threshold (an episode not yet over)."""
+        return self.episode.warned
 
     def update(self, step: int, target_std: float) -> str | None:
         if self.threshold is None or target_std != target_std:  # disabled, or a NaN step
             return None
         self.recent.append(target_std)
         mean = sum(self.recent) / len(self.recent)
-        if mean >= self.threshold:
-            self.warned = False
+        if not self.episode.first(mean < self.threshold):
             return None
-        if self.warned:
-            return None
-        self.warned = True
         return (
             f"imagejepa: warning: possible representation collapse at step {step}: the target "
             f"features' per-dimension std is {mean:.4f} (mean of the last {len(self.recent)} "
@@ -95,18 +111,19 @@ class RankMonitor:
     def __init__(self, drop: float | None):
         self.drop = drop
         self.best = 0.0
-        self.warned = False
+        self.episode = _OncePerEpisode()
+
+    @property
+    def collapsing(self) -> bool:
+        """Whether the last value was still below the drop (an episode not yet over)."""
+        return self.episode.warned
 
     def update(self, step: int, value: float) -> str | None:
         if self.drop is None or value != value:
             return None
         self.best = max(self.best, value)
-        if value >= self.drop * self.best:
-            self.warned = False
+        if not self.episode.first(value < self.drop * self.best):
             return None
-        if self.warned:
-            return None
-        self.warned = True
         return (
             f"imagejepa: warning: possible representation collapse at step {step}: RankMe of the "
             f"target features fell to {value:.1f}, below monitor.rankme_drop={self.drop} x its "

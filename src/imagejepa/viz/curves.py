@@ -134,16 +134,21 @@ def _step_range(runs: list[dict[str, np.ndarray]]) -> tuple[float, float]:
 
 def _format_axes(ax, log: bool) -> None:
     """Integer steps; plain numbers on y (no offset like ``1e-5+9.96e-1``, which hides an
-    EMA of 0.99602); the loss on a log axis, labelled at minor ticks too (short ranges)."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    EMA of 0.99602); the loss on a log axis, labelled at minor ticks too when it spans less
+    than a decade (else the labels would overlap)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if log:
         ax.set_yscale("log")
         short = FuncFormatter(lambda value, _: f"{value:.4g}")
         ax.yaxis.set_major_formatter(short)
-        ax.yaxis.set_minor_formatter(short)
-        ax.tick_params(which="minor", labelsize=7)
+        low, high = ax.get_ylim()
+        if high < 10 * low:
+            ax.yaxis.set_minor_formatter(short)
+            ax.tick_params(which="minor", labelsize=7)
+        else:
+            ax.yaxis.set_minor_formatter(NullFormatter())
     else:
         ax.ticklabel_format(axis="y", useOffset=False)
 

@@ -172,11 +172,11 @@ def _verdict(n, metrics, collapse, rank, warnings, skipped_steps, loss) -> tuple
     if "loss" in metrics and not math.isfinite(last_loss):
         return "bad", f"Unhealthy: the last recorded loss (step {int(metrics['step'][-1])}) is not finite."
     now = []
-    if collapse.warned:
+    if collapse.collapsing:
         mean = sum(collapse.recent) / len(collapse.recent)
         now.append(f"the target std (mean of the last {len(collapse.recent)} steps) is {fmt(mean)}, "
                    f"below train.collapse_std = {fmt(collapse.threshold)}")
-    if rank.warned:
+    if rank.collapsing:
         last = float(_finite(metrics, "rankme")[-1])
         now.append(f"RankMe is {fmt(last)}, below {fmt(rank.drop)} × its highest {fmt(rank.best)}")
     if now:
