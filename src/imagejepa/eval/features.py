@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..data import EvalTransform, eval_batches
 from ..models import Encoder
+from ..models.layers import patchify
 from ..runtime import autocast
 from ..utils.files import atomic_write, sha256_of
 
@@ -72,9 +73,7 @@ def pixel_features(dataset, transform: EvalTransform, patch_size: int | None = N
     xs, ys = [], []
     for images, y in eval_batches(dataset, transform, 1024):
         if patch_size:
-            p = patch_size
-            tokens = images.unfold(2, p, p).unfold(3, p, p)  # (B, C, H/p, W/p, p, p)
-            xs.append(tokens.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2).half())
+            xs.append(patchify(images, patch_size).half())
         else:
             xs.append(images.flatten(1))
         ys.append(torch.as_tensor(y))

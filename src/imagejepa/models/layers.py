@@ -17,6 +17,21 @@ from .softmax_attention import plain_attention
 LAYER_NORM_EPS = 1e-6
 
 
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, N, C*p*p)``: each patch's pixels, patches in row-major grid order
+    (the order of the encoder's tokens)."""
+    p = patch_size
+    tokens = images.unfold(2, p, p).unfold(3, p, p)  # (B, C, H/p, W/p, p, p)
+    return tokens.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
+
+
+def unpatchify(tokens: torch.Tensor, grid: tuple[int, int], patch_size: int, channels: int) -> torch.Tensor:
+    """``(B, N, C*p*p) -> (B, C, H, W)``, the inverse of :func:`patchify`."""
+    (h, w), p = grid, patch_size
+    x = tokens.reshape(-1, h, w, channels, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(-1, channels, h * p, w * p)
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping patches -> tokens with one strided convolution.
 

@@ -1,0 +1,93 @@
+"""The stochastic pixel decoder (issue 13, first part): it learns a toy features -> pixels
+mapping better than the mean image, its samples differ where the features leave the pixels
+uncertain, and its checkpoints round-trip."""
+
+import pytest
+import torch
+
+from imagejepa.checkpoint import CheckpointError
+from imagejepa.decoder import PixelDecoder
+from imagejepa.decoder.store import load_decoder, save_decoder
+from imagejepa.models.layers import patchify, unpatchify
+
+GRID, PATCH, DIM = (4, 4), 2, 16
+BLOCK = torch.tensor([0, 1, 4, 5])  # a 2 x 2 block of patches, moved around the grid
+
+
+def toy_batch(n: int, generator: torch.Generator, mix: torch.Tensor, informative: bool):
+    """Blocks of 4 patches of 4 random pixels; features a linear mix of each patch's pixels
+    (``informative``) or of its mean only (the rest of the pixels unknown)."""
+    pixels = torch.randn(n, 4, PATCH * PATCH, generator=generator)  # (B, K, P)
+    top = torch.randint(0, 3, (n,), generator=generator)
+    left = torch.randint(0, 3, (n,), generator=generator)
+    positions = (top * GRID[1] + left)[:, None] + BLOCK[None]
+    features = pixels @ mix if informative else pixels.mean(-1, keepdim=True) * mix.sum(0)
+    return pixels, features, positions
+
+
+def trained_decoder(informative: bool, steps: int = 400) -> tuple[PixelDecoder, torch.Tensor]:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(PATCH * PATCH, DIM, generator=g)
+    decoder = PixelDecoder(DIM, PATCH, 1, GRID, width=64, depth=2, num_heads=4)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=2e-3)
+    for _ in range(steps):
+        loss = decoder.loss(*toy_batch(96, g, mix, informative), generator=g)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return decoder, mix
+
+
+def test_patchify_round_trips_in_the_encoders_token_order():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    tokens = patchify(images, 4)
+    assert tokens.shape == (2, 4, 3 * 16)
+    assert torch.equal(tokens[0, 1], images[0, :, 0:4, 4:8].reshape(-1))  # patch (0, 1): row-major
+    assert torch.equal(unpatchify(tokens, (2, 2), 4, 3), images)
+
+
+@pytest.mark.slow
+def test_decoder_learns_a_toy_mapping_and_samples_show_uncertainty():
+    g = torch.Generator().manual_seed(7)
+    sharp, mix = trained_decoder(informative=True)
+    pixels, features, positions = toy_batch(256, g, mix, informative=True)
+    one = sharp.sample(features, positions, generator=torch.Generator().manual_seed(1))
+    two = sharp.sample(features, positions, generator=torch.Generator().manual_seed(2))
+    mean_image_error = (pixels**2).mean().item()  # the pixels' mean is 0
+    assert ((one - pixels) ** 2).mean().item() < 0.4 * mean_image_error
+    sharp_spread = ((one - two) ** 2).mean().item()
+
+    vague, mix = trained_decoder(informative=False)
+    pixels, features, positions = toy_batch(256, g, mix, informative=False)
+    one = vague.sample(features, positions, generator=torch.Generator().manual_seed(1))
+    two = vague.sample(features, positions, generator=torch.Generator().manual_seed(2))
+    vague_spread = ((one - two) ** 2).mean().item()
+    # Where the features do not determine the pixels, samples differ (two independent draws
+    # of 3 unknown directions of variance 1: about 1.5), far more than where they do.
+    assert vague_spread > 0.8 and vague_spread > 3 * sharp_spread
+    # They are draws of pixels, not an average of them: about the data's variance of 1.
+    assert 0.6 < one.var().item() < 1.5
+
+
+def test_decoder_checkpoints_round_trip_and_are_verified(tmp_path):
+    torch.manual_seed(0)
+    decoder = PixelDecoder(DIM, PATCH, 1, GRID, width=32, depth=1, num_heads=2)
+    for p in decoder.parameters():
+        p.data.normal_(0, 0.1)  # not the zero-initialised output layer: samples depend on weights
+    optimizer = torch.optim.AdamW(decoder.parameters())
+    decoder.loss(torch.randn(4, 4, 4), torch.randn(4, 4, DIM), BLOCK.repeat(4, 1)).backward()
+    optimizer.step()
+    folder = save_decoder(tmp_path / "dec", 12, decoder, optimizer, {"source": "runs/demo"})
+    loaded, meta, state = load_decoder(tmp_path / "dec", optimizer_for=True)
+    assert meta["step"] == 12 and meta["source"] == "runs/demo" and state["step"] == 12
+    assert state["optimizer"]["state"]  # the moments, to resume
+    features, positions = torch.randn(3, 4, DIM), BLOCK.repeat(3, 1)
+    expected = decoder.eval().sample(features, positions, generator=torch.Generator().manual_seed(5))
+    got = loaded.sample(features, positions, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(expected, got)
+    with open(folder / "model.safetensors", "r+b") as f:  # a damaged file is refused
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(CheckpointError):
+        load_decoder(folder)
