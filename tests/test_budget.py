@@ -117,7 +117,9 @@ def test_budgeted_run_fits_its_length_records_it_and_ends_its_schedule(tmp_path)
     # The first fit comes after the timed steps, or earlier when a tenth of the budget is up first.
     assert fits[0] == [0, trainer.max_steps] and fits[1][0] <= FIRST and len(fits) >= 2
     steps = fits[-1][1]
-    assert FIRST < steps <= trainer.max_steps and trainer.step == steps
+    # The fitted length lies beyond the step it was fitted at (beyond the timed steps on a
+    # machine fast enough for them; a loaded one fits earlier, at a tenth of the budget).
+    assert fits[1][0] < steps <= trainer.max_steps and trainer.step == steps
     assert load_meta(latest_checkpoint(tmp_path))["config"]["optim"]["schedule_fits"] == fits
     log = rows(tmp_path)
     assert len(log) == steps

@@ -91,3 +91,39 @@ def test_decoder_checkpoints_round_trip_and_are_verified(tmp_path):
         f.write(b"\x00" * 8)
     with pytest.raises(CheckpointError):
         load_decoder(folder)
+
+
+def _decoder_train(checkpoint, out, steps, *extra):
+    from imagejepa.cli import main
+
+    return main(["decoder", "train", "--checkpoint", str(checkpoint), "--data", "synthetic",
+                 "--out", str(out), "--steps", str(steps), "--batch-size", "4", "--score-images", "16",
+                 *extra])
+
+
+@pytest.mark.slow
+def test_decoder_train_prints_its_scores_and_resumes_exactly(tiny_checkpoint, tmp_path, capsys):
+    """`decoder train` on the tiny run's target features: one JSON line with the four pixel
+    errors and the spread; stopped at step 6 and continued to 10, it ends with the weights of
+    an uninterrupted 10-step run."""
+    import json
+
+    from imagejepa.checkpoint import load_tensors, resolve_checkpoint
+
+    assert _decoder_train(tiny_checkpoint, tmp_path / "straight", 10) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["step"] == 10 and line["images"] == 16 and line["blocks"] > 16
+    for key in ("error_target_features", "error_predictor", "error_random_init", "error_mean_image",
+                "sample_spread"):
+        assert line[key] > 0 and line[key] == line[key]
+    assert _decoder_train(tiny_checkpoint, tmp_path / "resumed", 6) == 0
+    assert _decoder_train(tiny_checkpoint, tmp_path / "resumed", 10) == 0
+    assert "continuing" in capsys.readouterr().err
+    straight = load_tensors(resolve_checkpoint(tmp_path / "straight"))
+    resumed = load_tensors(resolve_checkpoint(tmp_path / "resumed"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6)
+    # Other settings in the same folder: refused, naming them.
+    assert _decoder_train(tiny_checkpoint, tmp_path / "resumed", 12, "--lr", "0.5") == 2
+    assert "lr" in capsys.readouterr().err

@@ -86,6 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     emb.add_argument("--patch-tokens", action="store_true",
                      help="every patch token (N, T, D) instead of the pooled vector (N, D)")
 
+    dec = sub.add_parser("decoder", help="the predictor visualisation's pixel decoder")
+    d_sub = dec.add_subparsers(dest="what", required=True)
+    dt = d_sub.add_parser("train", help="train a stochastic decoder from a checkpoint's target features "
+                          "to pixels, then score it on held-out images (one JSON line)")
+    dt.add_argument("--checkpoint", required=True, help="run or checkpoint folder, or official .pth.tar "
+                    "(anything with a predictor)")
+    dt.add_argument("--data", required=True, help="data spec, e.g. fashion-mnist or imagefolder:PATH")
+    dt.add_argument("--out", required=True, help="decoder folder (continued when it holds a checkpoint)")
+    dt.add_argument("--steps", type=int, default=10000, help="optimiser steps (10000)")
+    dt.add_argument("--batch-size", type=int, default=64, help="images per step (64)")
+    dt.add_argument("--lr", type=float, default=1e-3)
+    dt.add_argument("--seed", type=int, default=0)
+    dt.add_argument("--score-images", type=int, default=256, help="held-out images scored (256)")
+
     sh = sub.add_parser("shard", help="pack a dataset into tar shards (webdataset layout) for training")
     sh.add_argument("--data", required=True, help="data spec, e.g. imagefolder:PATH or fashion-mnist")
     sh.add_argument("--out", required=True, help="folder for shard-000000.tar, ... and shards.json")
@@ -365,6 +379,20 @@ def cmd_report(args) -> None:
     print(write_report(args.run_dir, args.out, warn=warn), flush=True)
 
 
+def cmd_decoder(args) -> None:
+    from .decoder.train import score_line, train_decoder
+
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
+                        ("--score-images", args.score_images)):
+        if value < 1:
+            raise UsageError(f"decoder train: {flag} must be >= 1, got {value}")
+    if not args.lr > 0:
+        raise UsageError(f"decoder train: --lr must be > 0, got {args.lr}")
+    train_decoder(args.checkpoint, args.data, args.out, args.steps, args.batch_size, args.lr, args.seed,
+                  log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(score_line(args.out, args.data, args.score_images), flush=True)
+
+
 def cmd_bench(args) -> None:
     if args.what == "train":
         from .bench.train import bench_train
@@ -453,7 +481,7 @@ def cmd_convert(args) -> None:
 # The commands other than pretrain, which alone is given the stop signals (see _run).
 COMMANDS = {"eval": cmd_eval, "embed": cmd_embed, "shard": cmd_shard, "bench": cmd_bench,
             "info": cmd_info, "convert": cmd_convert, "viz": cmd_viz,
-            "report": cmd_report}
+            "report": cmd_report, "decoder": cmd_decoder}
 
 
 def main(argv: list[str] | None = None) -> int:
