@@ -127,3 +127,39 @@ def test_decoder_train_prints_its_scores_and_resumes_exactly(tiny_checkpoint, tm
     # Other settings in the same folder: refused, naming them.
     assert _decoder_train(tiny_checkpoint, tmp_path / "resumed", 12, "--lr", "0.5") == 2
     assert "lr" in capsys.readouterr().err
+
+
+def test_viz_predictions_has_the_panels_asked_for(tiny_checkpoint, tmp_path, capsys):
+    """Rows of: image with targets, context, decoded targets, then the samples of the decoded
+    predictions, which differ from one another."""
+    import numpy as np
+    from PIL import Image
+
+    from imagejepa.cli import main
+    from imagejepa.viz.figure import PANEL_PX
+
+    assert _decoder_train(tiny_checkpoint, tmp_path / "dec", 4) == 0
+    out = tmp_path / "predictions.png"
+    viz = ["viz", "predictions", "--checkpoint", str(tiny_checkpoint), "--decoder", str(tmp_path / "dec"),
+           "--data", "synthetic", "--out", str(out)]
+    assert main([*viz, "--images", "2", "--samples", "2"]) == 0
+    assert "10 panels" in capsys.readouterr().out
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    assert picture.shape == (2 * PANEL_PX, 5 * PANEL_PX, 3)
+    first, second = (picture[:, c * PANEL_PX:(c + 1) * PANEL_PX] for c in (3, 4))
+    assert np.abs(first.astype(int) - second.astype(int)).sum() > 0  # two draws, two pictures
+    assert main([*viz, "--samples", "0"]) == 2
+    assert "--samples must be between 1 and 8" in capsys.readouterr().err
+
+
+def test_decoder_train_reads_an_official_checkpoint(tmp_path, capsys):
+    """An official .pth.tar carries a predictor: the decoder trains on it and scores it."""
+    import json
+
+    from .helpers import official_save_dict, tiny_ijepa
+
+    src = tmp_path / "in1k-tiny-ep7.pth.tar"
+    torch.save(official_save_dict(tiny_ijepa()), src)
+    assert _decoder_train(src, tmp_path / "dec", 2) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["source"] == str(src) and line["error_predictor"] > 0

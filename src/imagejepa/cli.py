@@ -130,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
     vn.add_argument("--queries", type=int, default=6, help="query images, one a row (6)")
     vn.add_argument("--k", type=int, default=5, help="neighbours per query (5)")
     vn.add_argument("--bank", type=int, default=5000, help="search the first M training images (5000)")
+    vp = v_sub.add_parser("predictions", help="what the predictor predicts, in pixels, through a decoder "
+                          "(imagejepa decoder train)")
+    vp.add_argument("--checkpoint", required=True, help="run or checkpoint folder, or official .pth.tar")
+    vp.add_argument("--decoder", required=True, help="decoder folder written by imagejepa decoder train")
+    vp.add_argument("--data", required=True, help="data spec (held-out images of its test split)")
+    vp.add_argument("--out", required=True, help="FILE.png")
+    vp.add_argument("--images", type=int, default=4, help="images, one a row (4)")
+    vp.add_argument("--samples", type=int, default=3, help="decoder samples of the predictions (3)")
 
     rep = sub.add_parser("report", help="one self-contained report.html of a run: health, curves, "
                                         "masks, features, evaluations, config")
@@ -361,6 +369,12 @@ def cmd_viz(args) -> None:
         from .viz.curves import PANELS, write_curves_png
 
         out, panels = write_curves_png(args.run_dirs, args.out), len(PANELS)
+    elif args.what == "predictions":
+        from .viz.predictions import write_predictions_png
+
+        out = write_predictions_png(args.checkpoint, args.decoder, args.data, args.out, args.images,
+                                    args.samples)
+        panels = args.images * (3 + args.samples)
     else:
         from .viz.neighbors import write_neighbors_png
 

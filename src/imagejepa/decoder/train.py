@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,12 +27,14 @@ from ..data import EvalTransform, build_dataset
 from ..masking import Masks, MaskSettings, MultiBlockMaskSampler
 from ..models import Encoder, Predictor, gather_tokens
 from ..models.layers import patchify
+from ..runtime import autocast, resolve_precision
 from ..utils.seeds import mix_seed
 from .model import PixelDecoder
 from .store import load_decoder, save_decoder
 
 STEP_STREAM, SCORE_STREAM = 0xDEC0, 0xDEC1
 WARMUP_STEPS = 100
+CPU = torch.device("cpu")  # the decoder is small: it trains and samples on the CPU
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Source:
     sampler: MultiBlockMaskSampler
     encoder_spec: dict
     predictor_spec: dict
+    # The encoders run in bf16 where the CPU has bf16 units (as in pretraining), else fp32.
+    precision: str = field(default_factory=lambda: resolve_precision("auto", CPU))
 
     @property
     def patch_size(self) -> int:
@@ -58,13 +62,15 @@ class Source:
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Layer-normed target features ``(B, N, D)``: the predictor's targets."""
-        h = self.target(images)
+        with autocast(CPU, self.precision):
+            h = self.target(images).float()
         return F.layer_norm(h, h.shape[-1:])
 
     def predictions(self, images: torch.Tensor, masks: Masks, context=None, predictor=None) -> torch.Tensor:
         """The predictor's outputs ``(B, T, Kt, D)`` from the context block alone."""
         context, predictor = context or self.context, predictor or self.predictor
-        return predictor(context(images, keep=masks.context), masks.context, masks.targets)
+        with autocast(CPU, self.precision):
+            return predictor(context(images, keep=masks.context), masks.context, masks.targets).float()
 
 
 def load_source(path: str | Path) -> Source:
@@ -89,7 +95,8 @@ def load_source(path: str | Path) -> Source:
                   MultiBlockMaskSampler(bundle.grid(), settings), bundle.encoder_spec, bundle.predictor_spec)
 
 
-def _images(dataset, indices: torch.Tensor, transform: EvalTransform) -> torch.Tensor:
+def images_at(dataset, indices: torch.Tensor, transform: EvalTransform) -> torch.Tensor:
+    """The dataset's images at ``indices``, transformed: ``(n, C, H, W)``."""
     held = getattr(dataset, "images", None)
     if held is not None:
         return transform(held[indices])
@@ -141,7 +148,7 @@ def train_decoder(checkpoint: str | Path, data: str, out_dir: str | Path, steps:
     for step in range(start, steps):
         g = torch.Generator().manual_seed(mix_seed(seed, step, STEP_STREAM))
         indices = torch.randint(len(dataset), (batch_size,), generator=g)
-        images = _images(dataset, indices, source.transform)
+        images = images_at(dataset, indices, source.transform)
         masks = source.sampler(batch_size, g)
         with torch.no_grad():
             pixels, features, positions = _blocks(source, images, masks)
@@ -172,7 +179,7 @@ def score(decoder: PixelDecoder, checkpoint: str | Path, data: str, images: int 
     source = load_source(checkpoint)
     test = build_dataset(data, train=False)
     count = min(images, len(test))
-    x = _images(test, torch.arange(count), source.transform)
+    x = images_at(test, torch.arange(count), source.transform)
     g = torch.Generator().manual_seed(mix_seed(seed, 0, SCORE_STREAM))
     masks = source.sampler(count, g)
     pixels, _, positions = _blocks(source, x, masks)
@@ -184,7 +191,7 @@ def score(decoder: PixelDecoder, checkpoint: str | Path, data: str, images: int 
                                  pred_dim=s["pred_dim"], depth=s["depth"], num_heads=s["num_heads"],
                                  mlp_ratio=s["mlp_ratio"]).eval()
     train = build_dataset(data, train=True)
-    mean_image = _images(train, torch.arange(min(2000, len(train))), source.transform).mean(0, keepdim=True)
+    mean_image = images_at(train, torch.arange(min(2000, len(train))), source.transform).mean(0, keepdim=True)
     mean_pixels = gather_tokens(patchify(mean_image.expand(count, -1, -1, -1), source.patch_size),
                                 masks.targets).flatten(0, 1)
 
