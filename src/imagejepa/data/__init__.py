@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from ..errors import ConfigError
 from .base import BadImageError, DataError, ImageFolderDataset, TensorImageDataset, channel_stats
-from .loader import TrainLoader, eval_batches
+from .loader import TrainLoader, eval_batches, images_at
 from .transforms import EvalTransform, TrainTransform
 
 KINDS = ("fashion-mnist", "imagefolder", "webdataset", "synthetic")
@@ -89,5 +89,5 @@ def build_dataset(spec: str, train: bool = True):
 __all__ = [
     "BadImageError", "DataError", "DataSpec", "check_data_path",
     "EvalTransform", "ImageFolderDataset", "TensorImageDataset", "TrainLoader",
-    "TrainTransform", "build_dataset", "channel_stats", "eval_batches", "parse_data_spec",
+    "TrainTransform", "build_dataset", "channel_stats", "eval_batches", "images_at", "parse_data_spec",
 ]

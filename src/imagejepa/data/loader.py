@@ -139,6 +139,15 @@ class TrainLoader:
                 shutdown()
 
 
+def images_at(raw, indices, transform) -> torch.Tensor:
+    """The images at ``indices`` (a sequence of ints) through ``transform``: ``(n, C, H, W)``;
+    an in-memory dataset's in one batched call."""
+    held = getattr(raw, "images", None)
+    if held is not None:
+        return transform(held[torch.as_tensor(indices, dtype=torch.long)])
+    return torch.stack([transform(raw.load(int(i))[0]) for i in indices])
+
+
 def eval_batches(raw, transform, batch_size: int = 256, num_workers: int = 0):
     """``(images, labels)`` over a whole dataset in order, deterministic transform."""
     images = getattr(raw, "images", None)

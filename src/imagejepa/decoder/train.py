@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .. import checkpoint as ckpt
-from ..data import EvalTransform, build_dataset
+from ..data import EvalTransform, build_dataset, images_at
+from ..interop.bundle import ModelBundle
 from ..masking import Masks, MaskSettings, MultiBlockMaskSampler
 from ..models import Encoder, Predictor, gather_tokens
 from ..models.layers import patchify
@@ -47,8 +48,7 @@ class Source:
     predictor: Predictor
     transform: EvalTransform
     sampler: MultiBlockMaskSampler
-    encoder_spec: dict
-    predictor_spec: dict
+    architecture: ModelBundle  # the specs as read, weights dropped: the same models afresh
     # The encoders run in bf16 where the CPU has bf16 units (as in pretraining), else fp32.
     precision: str = field(default_factory=lambda: resolve_precision("auto", CPU))
 
@@ -92,15 +92,7 @@ def load_source(path: str | Path) -> Source:
     pre = bundle.preprocess()
     return Source(str(path), bundle.build_encoder("target"), bundle.build_encoder("context"), predictor,
                   EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std),
-                  MultiBlockMaskSampler(bundle.grid(), settings), bundle.encoder_spec, bundle.predictor_spec)
-
-
-def images_at(dataset, indices: torch.Tensor, transform: EvalTransform) -> torch.Tensor:
-    """The dataset's images at ``indices``, transformed: ``(n, C, H, W)``."""
-    held = getattr(dataset, "images", None)
-    if held is not None:
-        return transform(held[indices])
-    return torch.stack([transform(dataset.load(int(i))[0]) for i in indices])
+                  MultiBlockMaskSampler(bundle.grid(), settings), replace(bundle, states={}))
 
 
 def _blocks(source: Source, images: torch.Tensor, masks: Masks, features: torch.Tensor | None = None):
@@ -139,7 +131,7 @@ def train_decoder(checkpoint: str | Path, data: str, out_dir: str | Path, steps:
         decoder = PixelDecoder(source.target.embed_dim, source.patch_size, source.transform.in_chans,
                                source.grid, width=width, depth=depth)
         optimizer = _optimizer(decoder, lr)
-    arch = f"{source.encoder_spec['arch']}/{source.patch_size}"
+    arch = f"{source.architecture.encoder_spec['arch']}/{source.patch_size}"
     millions = sum(p.numel() for p in decoder.parameters()) / 1e6
     log(f"imagejepa decoder: {arch} target features of {checkpoint} -> pixels, {millions:.2f}M parameters, "
         f"steps {start} -> "
@@ -185,11 +177,8 @@ def score(decoder: PixelDecoder, checkpoint: str | Path, data: str, images: int 
     pixels, _, positions = _blocks(source, x, masks)
     target_features = gather_tokens(source.features(x), masks.targets)
     torch.manual_seed(seed)  # the random-initialisation model, the same architecture
-    random_context = Encoder.from_spec(source.encoder_spec).eval()
-    s = source.predictor_spec
-    random_predictor = Predictor(source.encoder_spec["embed_dim"], source.grid,
-                                 pred_dim=s["pred_dim"], depth=s["depth"], num_heads=s["num_heads"],
-                                 mlp_ratio=s["mlp_ratio"]).eval()
+    random_context = Encoder.from_spec(source.architecture.encoder_spec).eval()
+    random_predictor = source.architecture.new_predictor().eval()
     train = build_dataset(data, train=True)
     mean_image = images_at(train, torch.arange(min(2000, len(train))), source.transform).mean(0, keepdim=True)
     mean_pixels = gather_tokens(patchify(mean_image.expand(count, -1, -1, -1), source.patch_size),

@@ -65,12 +65,18 @@ class ModelBundle:
         encoder.load_state_dict(self.states[role])
         return encoder.eval().requires_grad_(False)
 
+    def new_predictor(self) -> Predictor:
+        """The predictor's architecture, freshly initialised (no weights loaded)."""
+        if self.predictor_spec is None:
+            raise KeyError(f"{self.source.get('path', 'this model')} has no predictor")
+        s = self.predictor_spec
+        return Predictor(self.encoder_spec["embed_dim"], self.grid(), pred_dim=s["pred_dim"],
+                         depth=s["depth"], num_heads=s["num_heads"], mlp_ratio=s["mlp_ratio"])
+
     def build_predictor(self) -> Predictor:
         if self.predictor_spec is None or "predictor" not in self.states:
             raise KeyError(f"{self.source.get('path', 'this model')} has no predictor")
-        s = self.predictor_spec
-        predictor = Predictor(self.encoder_spec["embed_dim"], self.grid(), pred_dim=s["pred_dim"],
-                              depth=s["depth"], num_heads=s["num_heads"], mlp_ratio=s["mlp_ratio"])
+        predictor = self.new_predictor()
         check_against(predictor, self.states["predictor"], "predictor")
         predictor.load_state_dict(self.states["predictor"])
         return predictor.eval().requires_grad_(False)

@@ -27,10 +27,10 @@ def has_labels(dataset) -> bool:
     return labels is not None and len(labels) > 0 and int(labels.min()) >= 0 and len(labels.unique()) >= 2
 
 
-def _resized_subset(dataset, indices: torch.Tensor, size: int, in_chans: int) -> TensorImageDataset:
+def _resized_subset(dataset, indices: torch.Tensor, transform: EvalTransform) -> TensorImageDataset:
     """The images at ``indices``, decoded, resized and centre-cropped once: uint8 ``(n, C,
     size, size)``. Unreadable files are left out (training names them when it meets them)."""
-    to_size = EvalTransform(size, in_chans, (0.0,) * in_chans, (1.0,) * in_chans).resized
+    to_size = transform.resized
     in_memory = getattr(dataset, "images", None)
     if in_memory is not None:
         images, kept = to_size(in_memory[indices]), indices
@@ -58,7 +58,7 @@ class OnlineKNN:
         queries = min(queries, n // 5)  # small data: at least four bank images per held-out one
         order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 0, KNN_STREAM)))
         chosen = {"queries": order[:queries], "bank": order[queries : queries + bank]}
-        self.sets = {name: _resized_subset(dataset, idx.sort().values, transform.size, transform.in_chans)
+        self.sets = {name: _resized_subset(dataset, idx.sort().values, transform)
                      for name, idx in chosen.items()}
         self.transform, self.k, self.device = transform, k, device
         self.precision, self.last_layers = precision, last_layers

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data import EvalTransform, build_dataset, check_data_path
+from ..data import EvalTransform, build_dataset, check_data_path, images_at
 from ..errors import UsageError
 from ..monitor.pictures import pca_rgb, to_uint8_rgb
 from .figure import (
@@ -30,16 +30,6 @@ from .figure import (
 
 MAX_IMAGES = 64
 SPLITS = ("train", "test")
-
-
-def load_images(dataset, count: int, transform: EvalTransform) -> tuple[torch.Tensor, list[int]]:
-    """The first ``count`` images of ``dataset`` through ``transform``: ``(N, C, H, W)``, labels."""
-    images, labels = [], []
-    for i in range(count):
-        image, label = dataset.load(i)
-        images.append(transform(image))
-        labels.append(int(label))
-    return torch.stack(images), labels
 
 
 @torch.no_grad()
@@ -59,7 +49,7 @@ def feature_pca(checkpoint: str | Path, data: str, images: int = 8, split: str =
     if images > len(dataset):
         raise UsageError(f"--images {images}: the {split} split of {data!r} holds only {len(dataset)} images")
     transform = EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std)
-    x, _ = load_images(dataset, images, transform)
+    x = images_at(dataset, range(images), transform)
     device = torch.device(device) if device is not None else resolve_device("auto")
     tokens = encoder.to(device).eval()(x.to(device)).float().cpu()  # (N, T, D)
     return to_uint8_rgb(x, pre.mean, pre.std), pca_rgb(tokens, encoder.grid)

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ..data import EvalTransform, build_dataset, check_data_path, parse_data_spec
+from ..data import EvalTransform, build_dataset, check_data_path, images_at, parse_data_spec
 from ..data.base import TensorImageDataset
 from ..errors import UsageError
 from ..eval.features import extract_features
 from ..eval.knn import nearest_neighbours
 from ..monitor.pictures import to_uint8_rgb
-from .features import load_images
 from .figure import check_count, check_png_path, image_layout, panel_figure, png_bytes, show_image, write_png
 
 MAX_QUERIES, MAX_K = 32, 16
@@ -99,7 +98,7 @@ def neighbors_figure(checkpoint: str | Path, data: str, queries: int = 6, k: int
     sims, idxs = nearest_neighbours(bank_x, query_x, k)  # (Q, k) each
     classes = getattr(bank_set, "classes", ()) or ()
 
-    query_images, _ = load_images(query_set, queries, transform)
+    query_images = images_at(query_set, range(queries), transform)
     fig, axes = panel_figure(queries, 1 + k)
     image_layout(fig, queries)
     for q in range(queries):
@@ -107,26 +106,13 @@ def neighbors_figure(checkpoint: str | Path, data: str, queries: int = 6, k: int
         show_image(axes[q, 0], to_uint8_rgb(query_images[q : q + 1], pre.mean, pre.std)[0],
                    f"query ({source.split()[0]}): {class_name(classes, label)}")
         picked = [int(i) for i in idxs[q]]
-        images, _ = load_images(_Picked(bank_set, picked), len(picked), transform)
+        images = images_at(bank_set, picked, transform)
         pixels = to_uint8_rgb(images, pre.mean, pre.std)
         for j, index in enumerate(picked):
             neighbour = int(bank_y[index])
             show_image(axes[q, 1 + j], pixels[j], f"{float(sims[q, j]):.3f} {class_name(classes, neighbour)}",
                        SAME if neighbour == label else OTHER)
     return fig
-
-
-class _Picked:
-    """Chosen images of a raw dataset, in the given order."""
-
-    def __init__(self, raw, indices: list[int]):
-        self.raw, self.indices = raw, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def load(self, index: int):
-        return self.raw.load(self.indices[index])
 
 
 def neighbors_png(checkpoint: str | Path, data: str, queries: int = 6, k: int = 5, bank: int = 5000,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import build_dataset
+from ..data import build_dataset, images_at
 from ..decoder.store import load_decoder
-from ..decoder.train import SCORE_STREAM, images_at, load_source
+from ..decoder.train import SCORE_STREAM, load_source
 from ..masking import Masks
 from ..models import gather_tokens
 from ..models.layers import patchify, unpatchify
