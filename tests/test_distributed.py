@@ -443,3 +443,22 @@ def test_tar_shards_train_on_two_processes_and_resume_exactly(tmp_path):
         assert code == 0, err[-3000:]
     assert "on webdataset:" in out and "(64 images)" in out and "resumed from" in out
     assert_same_training(run_dir, reference)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_term_against_collapse_on_two_processes_equals_one_and_resumes_exactly(tmp_path, strategy):
+    """optim.anti_collapse=vc takes its statistics over the whole global batch (the ranks add
+    their moments with an autograd all-reduce): 2 processes x 8 images, stopped at step 3 and
+    resumed, train as 1 process x 16, losses, terms and weights, under DDP and FSDP2."""
+    extra = ["optim.anti_collapse=vc", "optim.anti_collapse_weight=1.0"]
+    reference = one_process(tmp_path / "one" / "run", *extra)
+    run_dir, config = tmp_path / "run", config_file(tmp_path, *extra, f"dist.strategy={strategy}")
+    for steps in (3, STEPS):
+        code, out, err = run_script("train_single_node.sh", run_dir, f"train.max_steps={steps}",
+                                    config=config, gpus=2, max_restarts=0)
+        assert code == 0, err[-3000:]
+    assert "resumed from" in out
+    assert_same_training(run_dir, reference)
+    terms = [float(r["anti_collapse"]) for r in metric_rows(run_dir)]
+    want = [float(r["anti_collapse"]) for r in metric_rows(reference)]
+    assert terms == pytest.approx(want, abs=TOL, rel=TOL) and all(t > 0 for t in terms)

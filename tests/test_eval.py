@@ -46,7 +46,9 @@ def test_linear_probe_separates_and_is_at_chance_on_shuffled_labels(separable):
     xtr, ytr, xte, yte = separable
     r = linear_probe(xtr, ytr, xte, yte)
     assert r["top1"] >= 0.99 and r["top5"] == 1.0 and r["solver"] == "lbfgs"
-    assert set(r["holdout_top1"]) == {"wd=1e-06", "wd=0.0001", "wd=0.001", "wd=0.01"}
+    assert set(r["holdout_top1"]) == {f"shrink={s:g},wd={w:g}" for s in (0, 1)
+                                      for w in (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1)}
+    assert r["selection"] == "5-fold cross-validation"  # 1,000 training points: too few for 10%
     assert linear_probe(xtr, shuffled(ytr), xte, yte)["top1"] < CHANCE_BOUND
     fast = dict(solver="adamw", lrs=(1e-2,), weight_decays=(1e-4, 1e-2), epochs=10, batch_size=128)
     r = linear_probe(xtr, ytr, xte, yte, **fast)
@@ -55,6 +57,23 @@ def test_linear_probe_separates_and_is_at_chance_on_shuffled_labels(separable):
     assert linear_probe(xtr, ytr, xte, yte, batchnorm=True, **fast)["top1"] >= 0.99
     with pytest.raises(ValueError, match="batchnorm needs"):
         linear_probe(xtr, ytr, xte, yte, batchnorm=True)
+
+
+def test_linear_probe_on_few_images_does_not_blow_up_noise_directions():
+    """400 training points, 16 directions that carry the classes and 300 of small noise: full
+    whitening gives the noise as much weight as the signal and the probe overfits; the
+    shrunk whitening the grid also tries is chosen by cross-validation and generalises."""
+    g = torch.Generator().manual_seed(3)
+
+    def data(n, seed):
+        x, y = clusters(n, dim=16, seed=seed, spread=1.5)
+        return torch.cat([x, 0.05 * torch.randn(n, 300, generator=g)], 1), y
+
+    (xtr, ytr), (xte, yte) = data(400, 0), data(2000, 1)
+    full = linear_probe(xtr, ytr, xte, yte, shrink_grid=(0.0,))
+    chosen = linear_probe(xtr, ytr, xte, yte)
+    assert chosen["whitening_shrink"] == 1.0
+    assert chosen["top1"] > full["top1"] + 0.05, (chosen["top1"], full["top1"])
 
 
 def test_knn_separates_and_is_at_chance_on_shuffled_labels(separable):

@@ -9,7 +9,17 @@ import torch.nn.functional as F
 
 from imagejepa.cli import main
 from imagejepa.jepa import per_dim_std
-from imagejepa.monitor import CollapseMonitor, RankMonitor, health_metrics, rankme
+from imagejepa.monitor import (
+    CollapseMonitor,
+    CollapseWatch,
+    KnnDropMonitor,
+    PartialCollapseMonitor,
+    RankMonitor,
+    StdHoverMonitor,
+    Thresholds,
+    health_metrics,
+    rankme,
+)
 from imagejepa.train.metrics_log import MetricsLog, metric_columns
 
 from .conftest import DEMO_CONFIG
@@ -82,6 +92,55 @@ def test_rank_monitor_warns_on_a_drop_once_per_episode():
     assert RankMonitor(drop=None).update(0, 0.0) is None
 
 
+def test_partial_collapse_needs_both_a_halved_rank_and_a_loss_near_zero():
+    monitor = PartialCollapseMonitor(fraction=0.5, loss_floor=0.1, window=2)
+    for loss in (1.0, 0.8, 0.5):
+        monitor.add_loss(loss)
+    assert monitor.update(0, 20.0) is None and monitor.update(1, 8.0) is None  # rank halved, loss 0.65 x
+    for loss in (0.02, 0.02):
+        monitor.add_loss(loss)
+    assert monitor.update(2, 12.0) is None  # loss near zero, rank above half
+    warning = monitor.update(3, 8.0)
+    assert "partial collapse at step 3" in warning and "RankMe of the target features is 8.0" in warning
+    assert "monitor.rankme_partial=0.5 x its best (20.0)" in warning and "loss fell to 0.0200" in warning
+    assert monitor.update(4, 7.0) is None  # once per episode
+    assert monitor.update(5, 15.0) is None and monitor.update(6, 7.0) is not None
+
+
+def test_std_hovering_near_the_threshold_warns_after_a_long_window():
+    monitor = StdHoverMonitor(threshold=0.15, factor=1.6, window=5)
+    assert [monitor.update(s, 0.2) for s in range(4)] == [None] * 4  # the window is not full yet
+    warning = monitor.update(4, 0.2)
+    assert "partial collapse at step 4" in warning and "hovered near the collapse threshold" in warning
+    assert all(monitor.update(s, 0.2) is None for s in range(5, 9))
+    assert [StdHoverMonitor(0.15, 1.6, window=5).update(s, 0.4) for s in range(6)] == [None] * 6
+    collapsed = StdHoverMonitor(0.15, 1.6, window=5)  # below the threshold: CollapseMonitor's to say
+    assert [collapsed.update(s, 0.1) for s in range(6)] == [None] * 6
+
+
+def test_knn_drop_allows_for_a_small_held_out_set():
+    monitor = KnnDropMonitor(points=5.0)
+    assert [monitor.update(s, v) for s, v in enumerate([40.0, 60.0, 56.0])] == [None] * 3
+    warning = monitor.update(3, 54.0)
+    assert "fell to 54.0% from its best of 60.0%" in warning
+    noisy = KnnDropMonitor(points=5.0, queries=50)  # 2 standard errors of 60% on 50 images: 13.9
+    assert noisy.update(0, 60.0) is None and noisy.update(1, 50.0) is None
+    assert noisy.update(2, 45.0) is not None
+
+
+def test_the_watch_gives_the_full_collapse_warning_instead_of_the_partial_one():
+    watch = CollapseWatch(Thresholds(collapse_std=None), advice="try X")
+    rows = [{"step": s, "loss": 1.0 if s == 0 else 0.001, "target_std": 0.5} for s in range(60)]
+    for row, rank in zip(rows[::10], (20.0, 20.0, 9.0, 4.0, 9.0, 9.0)):
+        row["rankme"] = rank
+    warnings = [w for row in rows for w in watch.update(row)]
+    assert len(warnings) == 2 and all(w.endswith("try X") for w in warnings)
+    assert "partial collapse at step 20" in warnings[0]
+    assert "possible representation collapse at step 30" in warnings[1]  # below 0.25 x 20: the full one
+    # Back above a quarter at step 40: the partial episode goes on, and is not warned of again.
+    assert watch.now() == ["RankMe is below 0.5 × its best 20 with the loss near zero"]
+
+
 def test_metrics_log_has_the_health_columns_and_refuses_unknown_ones(tmp_path):
     columns = metric_columns(num_targets=3)
     assert columns[-6:] == ("rankme", "pred_cos", "loss_block1", "loss_block2", "loss_block3", "knn_top1")
@@ -113,6 +172,29 @@ def test_a_collapsing_run_is_warned_of(tmp_path, capsys):
     assert [int(r["step"]) for r in rows] == list(range(0, 60, 10))
     assert float(rows[-1]["rankme"]) < 0.25 * max(float(r["rankme"]) for r in rows)
     assert all(r["loss_block4"] for r in rows)
+
+
+PARTIAL = ["train.max_steps=200", "optim.ema=[0.996, 0.996]", "optim.lr=0.001", "optim.start_lr=0.001",
+           "optim.warmup_epochs=0", "model.depth=2", "monitor.every=10", "monitor.knn_every=0"]
+
+
+def test_a_partially_collapsing_run_is_warned_of_and_the_term_against_collapse_prevents_it(tmp_path, capsys):
+    """A fast EMA (0.996, held) and lr 1e-3 on the synthetic set: RankMe falls to about a third
+    of its best while the loss falls to 2% of its start, the std staying above the collapse
+    threshold: partial collapse, and said so, with the term against collapse to try. With the
+    term on, the same run keeps its rank and warns of nothing."""
+    assert _pretrain(tmp_path / "run", *PARTIAL) == 0
+    err = capsys.readouterr().err
+    assert "warning: partial collapse" in err and "RankMe of the target features is" in err
+    assert "possible representation collapse" not in err
+    assert "try optim.anti_collapse=vc" in err
+    rows = [r for r in metric_rows(tmp_path / "run") if r["rankme"]]
+    ranks = [float(r["rankme"]) for r in rows]
+    assert ranks[-1] < 0.5 * max(ranks) and float(rows[-1]["loss"]) < 0.1 * float(rows[0]["loss"])
+    assert _pretrain(tmp_path / "guarded", *PARTIAL, "optim.anti_collapse=vc") == 0
+    assert "warning" not in capsys.readouterr().err
+    ranks = [float(r["rankme"]) for r in metric_rows(tmp_path / "guarded") if r["rankme"]]
+    assert min(ranks) > 0.5 * max(ranks)
 
 
 @pytest.mark.slow

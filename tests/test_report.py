@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from imagejepa.cli import main
+from imagejepa.monitor import Thresholds
 from imagejepa.viz.report import health, report_html
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
@@ -135,7 +136,7 @@ def test_report_sections_health_and_evaluations(report_run):
     assert "<th>raw pixels</th>" in knn and "<th>temperature</th>" in knn
     assert text.index("<h3>broken.json</h3>") < text.index("<h3>knn.json</h3>")
     assert "unreadable: JSONDecodeError" in words
-    assert "<pre>model:\n  arch: vit_tiny" in text
+    assert "<pre>recipe: none\nmodel:\n  arch: vit_tiny" in text
 
 
 def test_run_without_checkpoint_gets_notes_instead_of_features(tiny_checkpoint, tmp_path, capsys):
@@ -175,32 +176,36 @@ def test_old_run_without_health_columns_says_not_recorded(tiny_checkpoint, tmp_p
     assert {n.split(":")[0] for n in notes} == {"masks", "features", "config"}
 
 
+DEFAULTS = Thresholds()
+OFF = Thresholds(collapse_std=None, rankme_drop=None, rankme_partial=None, std_hover=None, knn_drop=None)
+
+
 def test_health_replays_the_trainers_collapse_rules():
     steps = np.arange(60.0)
     healthy = {"step": steps, "loss": np.linspace(1.0, 0.5, 60), "target_std": np.full(60, 0.4)}
-    h = health(healthy, collapse_std=0.15, rankme_drop=0.25)
+    h = health(healthy, DEFAULTS)
     assert h.level == "ok" and h.warnings == [] and "1 to 0.5 over 60 steps" in h.verdict
     # target std falls below the threshold and stays there: one warning, a bad verdict.
     falling = dict(healthy, target_std=np.linspace(0.4, 0.01, 60))
-    h = health(falling, collapse_std=0.15, rankme_drop=0.25)
+    h = health(falling, DEFAULTS)
     assert h.level == "bad" and len(h.warnings) == 1 and "train.collapse_std=0.15" in h.warnings[0]
     assert "at the end of the run" in h.verdict
     # ... and recovers: the warning stays listed, the verdict says so.
     dip = dict(healthy, target_std=np.r_[np.full(20, 0.4), np.full(20, 0.01), np.full(20, 0.4)])
-    h = health(dip, collapse_std=0.15, rankme_drop=0.25)
+    h = health(dip, DEFAULTS)
     assert h.level == "warn" and h.verdict.startswith("Recovered") and len(h.warnings) == 1
     # RankMe, recorded every 10 steps, falls to a fifth of its highest value.
     rank = np.full(60, np.nan)
     rank[::10] = [40, 50, 45, 30, 20, 8]
-    h = health(dict(healthy, rankme=rank), collapse_std=0.15, rankme_drop=0.25)
+    h = health(dict(healthy, rankme=rank), DEFAULTS)
     assert h.level == "bad" and "monitor.rankme_drop=0.25" in h.warnings[0] and "at step 50" in h.warnings[0]
     assert dict(h.rows)["RankMe"] == ("first 40 · highest 50 · last 8 "
                                       "(warns below monitor.rankme_drop = 0.25 × highest)")
     # The thresholds switched off: no warnings whatever the values.
-    assert health(falling, collapse_std=None, rankme_drop=None).level == "ok"
+    assert health(falling, OFF).level == "ok"
     # Non-finite last loss, skipped steps.
-    assert health(dict(healthy, loss=np.r_[np.ones(59), np.nan]), 0.15, 0.25).level == "bad"
-    skipped = health(dict(healthy, skipped_step=np.r_[np.zeros(59), 1.0]), 0.15, 0.25)
+    assert health(dict(healthy, loss=np.r_[np.ones(59), np.nan]), DEFAULTS).level == "bad"
+    skipped = health(dict(healthy, skipped_step=np.r_[np.zeros(59), 1.0]), DEFAULTS)
     assert skipped.level == "warn" and ("skipped steps", "1 of 60") in skipped.rows
 
 

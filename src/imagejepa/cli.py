@@ -213,6 +213,7 @@ def cmd_pretrain(args, signals=None) -> None:
     from .config import check_batch_split, load_config
     from .distributed import processes_from_env, start_processes, stop_processes, text_from_main
     from .runtime import resolve_device
+    from .train.recipe import resolve_recipe
     from .train.trainer import Trainer
 
     if args.resume and not args.run_dir:
@@ -234,6 +235,7 @@ def cmd_pretrain(args, signals=None) -> None:
         overrides.append(f"train.budget_minutes={args.budget_minutes}")
     launched = processes_from_env()  # torchrun's RANK / WORLD_SIZE, if any
     cfg = load_config(config_path, overrides, world_size=launched.world_size)
+    resolve_recipe(cfg)  # recipe: auto; the values it chooses are compared on --resume too
     if args.resume:
         _check_same_run(cfg, Path(args.run_dir))
     check_batch_split(cfg, launched.world_size)  # before waiting for the other processes

@@ -66,6 +66,10 @@ class OptimConfig:
     ema: tuple[float, float] = (0.996, 1.0)
     grad_accum: int = 1
     loss: str = "smooth_l1"  # smooth_l1 (official code) | l2 (paper)
+    # A term against collapse added to the loss: none | vc (VICReg's variance-covariance term
+    # on the context encoder's layer-normed patch features; see anti_collapse.py), and its weight.
+    anti_collapse: str = "none"
+    anti_collapse_weight: float = 1.0
     ipe_scale: float = 1.0  # schedules span ipe_scale x the training steps (official option)
     # The schedules' length in steps, replacing epochs x steps per epoch.
     total_steps: int | None = None
@@ -122,10 +126,21 @@ class MonitorConfig:
     knn_k: int = 20
     # Warn when RankMe falls below this fraction of the highest value the run has seen.
     rankme_drop: float | None = 0.25
+    # Partial collapse: warn when RankMe is below this fraction of its best while the loss
+    # (mean of 20 steps) is below loss_floor x its highest; when the target std's mean over
+    # 200 steps stays below std_hover x train.collapse_std; when the online kNN falls more
+    # than knn_drop points (or two standard errors of its held-out set) below its best.
+    rankme_partial: float | None = 0.5
+    loss_floor: float = 0.1
+    std_hover: float | None = 1.6
+    knn_drop: float | None = 5.0
     tensorboard: bool = False  # scalars and pictures under RUN_DIR/tensorboard (pip install tensorboard)
     wandb: bool = False  # Weights & Biases (pip install wandb); offline unless wandb_mode: online
     wandb_mode: str = "offline"
     wandb_project: str = "imagejepa"
+
+
+RECIPES = ("none", "auto")
 
 
 @dataclass
@@ -133,7 +148,14 @@ class Config:
     # How the file was read, for the start-up line (an official file's per-process batch);
     # not a setting, so not saved.
     source_note: typing.ClassVar[str | None] = None
+    # The keys the file and the overrides set ("optim.lr", ...): the recipe leaves them alone.
+    explicit: typing.ClassVar[frozenset[str]] = frozenset()
+    # What recipe: auto saw and chose (train/recipe.py), once it has been applied.
+    resolved: typing.ClassVar[Any] = None
 
+    # auto: the keys not set explicitly are chosen from the data and the budget (recipe.py);
+    # none: they keep the defaults below.
+    recipe: str = "none"
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -152,6 +174,8 @@ class Config:
 
 ALLOWED = {
     "optim.loss": ("smooth_l1", "l2"),
+    "optim.anti_collapse": ("none", "vc"),
+    "recipe": RECIPES,
     "train.precision": ("auto", "fp32", "bf16"),
     "train.on_nan": ("stop", "skip_step"),
     "data.on_error": ("skip", "raise"),
@@ -226,17 +250,26 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     cfg = copy.deepcopy(base) if base else Config()
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
-    sections = {f.name for f in dataclasses.fields(Config)}
+    sections = {f.name for f in dataclasses.fields(Config)} - set(TOP_LEVEL)
+    explicit = set(cfg.explicit)
     for section, values in data.items():
+        if section in TOP_LEVEL:
+            setattr(cfg, section, _coerce(values, TOP_LEVEL[section], section))
+            continue
         if section not in sections:
             raise ConfigError(
-                f"unknown config section {section!r}; allowed: {', '.join(sorted(sections))}"
+                f"unknown config section {section!r}; allowed: {', '.join(sorted(sections | set(TOP_LEVEL)))}"
             )
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r} must be a mapping of keys")
         _apply(getattr(cfg, section), values, section)
+        explicit |= {f"{section}.{name}" for name in values}
+    cfg.explicit = frozenset(explicit)
     validate(cfg)
     return cfg
+
+
+TOP_LEVEL = {"recipe": str}  # keys outside any section
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -245,7 +278,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if key.count(".") != 1:
+    if key.count(".") != 1 and key not in TOP_LEVEL:
         raise ConfigError(f"override key {key!r} must look like section.key, e.g. optim.lr")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
@@ -278,6 +311,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), world
             data = translate_official(data, world_size)
     for text in overrides:
         key, value = parse_override(text)
+        if key in TOP_LEVEL:
+            data[key] = value
+            continue
         section, name = key.split(".")
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
@@ -336,7 +372,7 @@ def validate(cfg: Config) -> None:
         0 <= o.warmup_epochs <= o.epochs,
         f"optim.warmup_epochs must be within [0, optim.epochs={o.epochs}], got {o.warmup_epochs}",
     )
-    for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay"):
+    for key in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "anti_collapse_weight"):
         value = getattr(o, key)
         _require(0 <= value < math.inf, f"optim.{key} must be a finite number >= 0, got {value}")
     _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
@@ -348,8 +384,8 @@ def validate(cfg: Config) -> None:
         f"optim.ema must satisfy 0 <= start <= end <= 1, got {list(o.ema)}",
     )
     for key, allowed in ALLOWED.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section), name) if section else getattr(cfg, name)
         _require(value in allowed, f"{key}: got {value!r}; allowed: {', '.join(allowed)}")
     _require(t.max_steps is None or t.max_steps >= 1, f"train.max_steps must be >= 1, got {t.max_steps}")
     _require(

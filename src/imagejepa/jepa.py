@@ -4,6 +4,7 @@
     context  = encoder(image[context block])
     predicted = predictor(context, positions of the target blocks)
     loss     = smooth_l1(predicted, targets)   (or L2, as written in the paper)
+             + optionally a term against collapse on the context features (anti_collapse.py)
 
 The target encoder is an exponential moving average of the encoder, updated after each
 optimiser step with ``momentum`` from the schedule.
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .anti_collapse import KINDS as ANTI_COLLAPSE_KINDS
+from .anti_collapse import variance_covariance
 from .distributed import local_shard
 from .masking import Masks
 from .models import Encoder, Predictor, gather_tokens
@@ -28,19 +31,31 @@ def per_dim_std(features: torch.Tensor) -> torch.Tensor:
     return features.reshape(-1, features.shape[-1]).float().std(dim=0)
 
 
+COVARIANCE_SHARE = 0.04  # VICReg's ratio of its covariance and variance coefficients (1 : 25)
+
+
 class IJEPA(nn.Module):
     """``forward(images (B, C, H, W), masks) -> (loss, metrics)``; ``metrics`` holds the
-    scalars ``target_std``, ``pred_std``, the patch counts, and the ``predicted`` and
-    ``target`` features ``(B, T, Kt, D)`` themselves (detached)."""
+    scalars ``target_std``, ``pred_std``, ``pred_loss`` (the prediction term alone; with a term
+    against collapse, ``anti_collapse``, its unweighted value, too), the patch
+    counts, and the ``predicted`` and ``target`` features ``(B, T, Kt, D)`` themselves
+    (detached).
 
-    def __init__(self, encoder: Encoder, predictor: Predictor, loss: str = "smooth_l1"):
+    ``anti_collapse="vc"`` adds ``anti_collapse_weight`` x the variance-covariance term of
+    the context features (:mod:`imagejepa.anti_collapse`) to the loss."""
+
+    def __init__(self, encoder: Encoder, predictor: Predictor, loss: str = "smooth_l1",
+                 anti_collapse: str = "none", anti_collapse_weight: float = 0.0):
         super().__init__()
         if loss not in ("smooth_l1", "l2"):
             raise ValueError(f"loss must be 'smooth_l1' or 'l2', got {loss!r}")
+        if anti_collapse not in ANTI_COLLAPSE_KINDS:
+            raise ValueError(f"anti_collapse must be one of {ANTI_COLLAPSE_KINDS}, got {anti_collapse!r}")
         self.encoder = encoder
         self.predictor = predictor
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.loss_name = loss
+        self.anti_collapse, self.anti_collapse_weight = anti_collapse, anti_collapse_weight
 
     @torch.no_grad()
     def targets(self, images: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
@@ -58,8 +73,15 @@ class IJEPA(nn.Module):
             loss = F.smooth_l1_loss(predicted, target, beta=1.0)
         else:
             loss = F.mse_loss(predicted, target)
+        prediction_loss = loss.detach()
+        if self.anti_collapse == "vc":
+            variance, covariance = variance_covariance(context)
+            term = variance + COVARIANCE_SHARE * covariance
+            loss = loss + self.anti_collapse_weight * term
         with torch.no_grad():
             metrics = {
+                "pred_loss": prediction_loss,
+                **({"anti_collapse": term.detach()} if self.anti_collapse != "none" else {}),
                 # Std over the batch of each feature, averaged: near 0 means collapse.
                 "target_std": per_dim_std(target).mean(),
                 "pred_std": per_dim_std(predicted.detach()).mean(),
@@ -103,4 +125,5 @@ def build_ijepa(cfg) -> IJEPA:
         depth=cfg.model.pred_depth,
         num_heads=cfg.model.pred_heads or encoder.num_heads,
     )
-    return IJEPA(encoder, predictor, loss=cfg.optim.loss)
+    return IJEPA(encoder, predictor, loss=cfg.optim.loss, anti_collapse=cfg.optim.anti_collapse,
+                 anti_collapse_weight=cfg.optim.anti_collapse_weight)

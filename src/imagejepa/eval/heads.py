@@ -25,19 +25,28 @@ def standardize(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tens
     return [((x.float() - mean) / std).to(x.dtype) for x in (train_x, *others)]
 
 
-def whiten(train_x: torch.Tensor, *others: torch.Tensor, rel_floor: float = 1e-6) -> list[torch.Tensor]:
+def whiten(train_x: torch.Tensor, *others: torch.Tensor, shrink: float = 0.0,
+           rel_floor: float = 1e-6) -> list[torch.Tensor]:
     """Centre and whiten ``(N, D)`` features with the training split's covariance (PCA).
 
     A fixed invertible linear map of the feature space (directions with no variance are
     dropped), so the set of linear classifiers is unchanged; but the probe's optimisation
     is well conditioned and converges in a fixed budget. Without it, pooled ViT features
     (strongly correlated) left the demo's linear probe 3 points short of its optimum.
+
+    ``shrink`` > 0 divides each principal direction by ``sqrt(eigenvalue + shrink x the mean
+    eigenvalue)`` instead: low-variance directions are then not blown up to unit variance.
+    With few training images (N near D) full whitening turns the covariance's noise
+    directions into features as strong as the signal's; on 1,000 Fashion-MNIST images it
+    cost raw pixels 29 points.
     """
     x = train_x.double()
     mean = x.mean(0)
     eigvals, eigvecs = torch.linalg.eigh(torch.cov((x - mean).T))
+    eigvals = eigvals.clamp(min=0)
     keep = eigvals > rel_floor * eigvals.max()
-    transform = (eigvecs[:, keep] / eigvals[keep].sqrt()).to(train_x.dtype)
+    scale = (eigvals[keep] + shrink * eigvals[keep].mean()).sqrt()
+    transform = (eigvecs[:, keep] / scale).to(train_x.dtype)
     mean = mean.to(train_x.dtype)
     return [(x - mean) @ transform for x in (train_x, *others)]
 
@@ -53,6 +62,14 @@ def holdout_split(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(n * HOLDOUT_FRACTION))
     return order[n_val:], order[:n_val]
+
+
+def kfold_splits(n: int, folds: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``folds`` pairs ``(fit indices, held-out indices)`` over one fixed random order: every
+    index is held out exactly once."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = order.chunk(folds)
+    return [(torch.cat(parts[:i] + parts[i + 1:]), part) for i, part in enumerate(parts)]
 
 
 def logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float,

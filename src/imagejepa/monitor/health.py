@@ -16,8 +16,6 @@ computed on the current batch from what the step already has (no extra forward p
 
 from __future__ import annotations
 
-from collections import deque
-
 import torch
 import torch.nn.functional as F
 
@@ -51,82 +49,3 @@ def health_metrics(predicted: torch.Tensor, target: torch.Tensor, loss: str) -> 
         "pred_cos": F.cosine_similarity(predicted, target, dim=-1).mean(),
         "block_loss": per_element.mean(dim=(0, 2, 3)),
     }
-
-
-WHAT_TO_TRY = ("try a lower optim.lr, a slower EMA (optim.ema starting nearer 1, e.g. [0.996, 1.0]), "
-               "a longer warm-up (optim.warmup_epochs) or a smaller batch")
-
-
-class _OncePerEpisode:
-    """``first(bad) -> bool``: true when ``bad`` starts an episode (the first bad value
-    after good ones), so a warning is given once per episode, not at every step of it."""
-
-    def __init__(self):
-        self.warned = False
-
-    def first(self, bad: bool) -> bool:
-        if not bad:
-            self.warned = False
-            return False
-        started, self.warned = not self.warned, True
-        return started
-
-
-class CollapseMonitor:
-    """Warns when the mean of the last ``window`` ``target_std`` values falls below ``threshold``.
-
-    ``update(step, target_std)`` returns a warning line the first time the windowed mean
-    drops below the threshold, and again only after it has recovered above it in between.
-    """
-
-    def __init__(self, threshold: float | None, window: int = 20):
-        self.threshold = threshold
-        self.recent: deque[float] = deque(maxlen=window)
-        self.episode = _OncePerEpisode()
-
-    @property
-    def collapsing(self) -> bool:
-        """Whether the last value was still below the threshold (an episode not yet over)."""
-        return self.episode.warned
-
-    def update(self, step: int, target_std: float) -> str | None:
-        if self.threshold is None or target_std != target_std:  # disabled, or a NaN step
-            return None
-        self.recent.append(target_std)
-        mean = sum(self.recent) / len(self.recent)
-        if not self.episode.first(mean < self.threshold):
-            return None
-        return (
-            f"imagejepa: warning: possible representation collapse at step {step}: the target "
-            f"features' per-dimension std is {mean:.4f} (mean of the last {len(self.recent)} "
-            f"steps), below train.collapse_std={self.threshold}; {WHAT_TO_TRY}"
-        )
-
-
-class RankMonitor:
-    """Warns when RankMe falls below ``drop`` x the highest RankMe seen so far in the run
-    (features spreading over fewer and fewer directions), once per episode like
-    :class:`CollapseMonitor`. ``update(step, rankme) -> warning line or None``."""
-
-    def __init__(self, drop: float | None):
-        self.drop = drop
-        self.best = 0.0
-        self.episode = _OncePerEpisode()
-
-    @property
-    def collapsing(self) -> bool:
-        """Whether the last value was still below the drop (an episode not yet over)."""
-        return self.episode.warned
-
-    def update(self, step: int, value: float) -> str | None:
-        if self.drop is None or value != value:
-            return None
-        self.best = max(self.best, value)
-        if not self.episode.first(value < self.drop * self.best):
-            return None
-        return (
-            f"imagejepa: warning: possible representation collapse at step {step}: RankMe of the "
-            f"target features fell to {value:.1f}, below monitor.rankme_drop={self.drop} x its "
-            f"highest value in this run ({self.best:.1f}); the features span fewer and fewer "
-            f"directions; {WHAT_TO_TRY}"
-        )

@@ -32,8 +32,9 @@ class Data:
     steps_per_epoch: int
 
 
-def build_data(cfg: Config) -> Data:
-    dataset = build_dataset(cfg.data.dataset, train=True)
+def build_data(cfg: Config, dataset=None) -> Data:
+    """The training set (``dataset`` when already read) and what the loader needs of it."""
+    dataset = build_dataset(cfg.data.dataset, train=True) if dataset is None else dataset
     batch = cfg.data.batch_size
     steps_per_epoch = len(dataset) // batch
     if steps_per_epoch == 0:

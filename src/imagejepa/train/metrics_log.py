@@ -24,10 +24,14 @@ HEALTH_COLUMNS = ("rankme", "pred_cos")
 KNN_COLUMN = "knn_top1"
 
 
-def metric_columns(num_targets: int) -> tuple[str, ...]:
+ANTI_COLLAPSE_COLUMN = "anti_collapse"  # the term against collapse, where the run adds one
+
+
+def metric_columns(num_targets: int, anti_collapse: bool = False) -> tuple[str, ...]:
     """Every column of a run with ``num_targets`` target blocks, in file order."""
     blocks = tuple(f"loss_block{i + 1}" for i in range(num_targets))
-    return METRIC_COLUMNS + HEALTH_COLUMNS + blocks + (KNN_COLUMN,)
+    extra = (ANTI_COLLAPSE_COLUMN,) if anti_collapse else ()
+    return METRIC_COLUMNS + extra + HEALTH_COLUMNS + blocks + (KNN_COLUMN,)
 
 
 class MetricsLog:

@@ -34,9 +34,11 @@ MAX_SKIPPED_STEPS_IN_A_ROW = 10  # with on_nan=skip_step: a run that only produc
 
 @dataclass
 class StepResult:
-    """One step, as the device left it: ``values`` = ``[loss, target_std, pred_std, skipped,
-    first non-finite gradient (index, or -1), its norm]`` (averaged over ranks where that
-    means something), not yet read; ``host`` the numbers known without reading it."""
+    """One step, as the device left it: ``values`` = ``[loss, target_std, pred_std, (the
+    anti-collapse term,) skipped, first non-finite gradient (index, or -1), its norm]``
+    (averaged over ranks where that means something), not yet read; ``host`` the numbers
+    known without reading it. ``loss`` is the prediction loss (the same whether or not a term
+    against collapse is added), and the step is skipped when it or a gradient is not finite."""
 
     step: int
     values: torch.Tensor
@@ -59,6 +61,10 @@ class TrainStep:
         self.seed, self.grad_accum, self.device, self.precision = seed, grad_accum, device, precision
         self.processes, self.on_nan, self.warn = processes, on_nan, warn
         self.skipped_in_a_row = 0
+        # The per-step averages read back: the loss, the features' spread, and the term
+        # against collapse where there is one.
+        self.averaged = ("loss", "target_std", "pred_std") + (
+            ("anti_collapse",) if model.anti_collapse != "none" else ())
         self.last_checkpoint = None  # named in the message of a non-finite stop
 
     def masks(self, step: int, batch_size: int) -> Masks:
@@ -98,8 +104,7 @@ class TrainStep:
                     chunk_masks = Masks(masks.context[part], masks.targets[part])
                     loss, metrics = self.forward(images[part], chunk_masks)
                 (loss / accum).backward()
-            chunk_values = torch.stack([loss.detach().float(), metrics["target_std"].float(),
-                                        metrics["pred_std"].float()])
+            chunk_values = torch.stack([metrics[name].float() for name in self._metric_keys()])
             sums = chunk_values if sums is None else sums + chunk_values
             patches = {k: metrics[k] for k in ("context_patches", "target_patches")}
         health = None
@@ -113,11 +118,16 @@ class TrainStep:
         bad_here = (~stats[0].isfinite()) | (first_bad >= 0)
         # One collective: the metrics' sum and the count of ranks with a non-finite value.
         summed = sum_over_ranks(self.processes, torch.cat([stats, bad_here.float()[None]]))
-        stats, bad = summed[:3] / self.processes.world_size, summed[3] > 0
+        stats, bad = summed[:-1] / self.processes.world_size, summed[-1] > 0
         self._apply(bad, momentum)
         values = torch.cat([stats, bad.float()[None], first_bad.float()[None], bad_norm.float()[None]])
         host = {**patches, "lr": lr, "weight_decay": wd, "ema": momentum}
         return StepResult(step, values, host, [name for name, _ in with_grad], health)
+
+    def _metric_keys(self) -> tuple[str, ...]:
+        """The keys of the model's metrics behind :attr:`averaged` (the loss column is the
+        prediction loss)."""
+        return tuple("pred_loss" if name == "loss" else name for name in self.averaged)
 
     def _apply(self, bad: torch.Tensor, momentum: float) -> None:
         """The optimiser step and the EMA update, both nothing where ``bad``; decided on the
@@ -140,10 +150,10 @@ class TrainStep:
         watched = [r for r in results if r.health is not None]
         health = dict(zip((r.step for r in watched), torch.stack([r.health for r in watched]).tolist())) \
             if watched else {}
-        rows = []
-        for result, (loss, target_std, pred_std, skipped, first_bad, bad_norm) in zip(results, table):
-            row = {"loss": loss, "target_std": target_std, "pred_std": pred_std, **result.host,
-                   "skipped_step": int(skipped)}
+        rows, k = [], len(self.averaged)
+        for result, values in zip(results, table):
+            (loss, *_), (skipped, first_bad, bad_norm) = values[:k], values[k:]
+            row = {**dict(zip(self.averaged, values[:k])), **result.host, "skipped_step": int(skipped)}
             if result.step in health:
                 rank_me, pred_cos, *block_loss = health[result.step]
                 row.update(rankme=rank_me, pred_cos=pred_cos,

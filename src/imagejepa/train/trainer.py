@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt
 from ..config import Config
-from ..data import DataError
+from ..data import DataError, build_dataset, check_data_path
 from ..distributed import (
     SINGLE,
     Processes,
@@ -49,6 +49,7 @@ from . import budget
 from .build import build_data, build_loader, build_model, build_model_optimizer, check_startable, plan_length
 from .metrics_log import MetricsLog, metric_columns
 from .preempt import Preempted, StopSignals
+from .recipe import resolve_recipe
 from .schedules import Schedules
 from .state import find_resume_point, gather_training_state, load_training_state, save_training_state
 from .step import StepResult, TrainStep
@@ -80,10 +81,13 @@ class Trainer:
         self.cfg, self.run_dir, self.processes = cfg, Path(run_dir), processes
         self.log = log if processes.is_main else _quiet
         self._emit_warning, self._bar = warn, None
+        check_data_path(cfg.data.dataset)
+        dataset = build_dataset(cfg.data.dataset, train=True) if cfg.recipe == "auto" else None
+        self.recipe = resolve_recipe(cfg, dataset)  # before anything is sized from the config
         check_startable(cfg, processes)
         self.device = resolve_device(cfg.train.device, processes.local_rank)
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        data = build_data(cfg)
+        data = build_data(cfg, dataset)
         self.dataset, self.mean, self.std = data.dataset, data.mean, data.std
         self.steps_per_epoch = data.steps_per_epoch
         self.max_steps, self.schedules, self.total_steps = plan_length(cfg, self.steps_per_epoch)
@@ -201,6 +205,8 @@ class Trainer:
             f"{self.cfg.data.dataset} ({len(self.dataset)} images), {self._where()} {self.precision}, "
             f"{self._batch()}, {length}, run dir {self.run_dir}"
         )
+        if self.recipe is not None:
+            self.log(f"imagejepa: {self.recipe.line}")
         self.log(f"imagejepa: monitor: {self.watch.describe()}")
         self.watch.start(self.run_dir, self.step)
         first_step = self.step
@@ -211,7 +217,7 @@ class Trainer:
                    dynamic_ncols=True, mininterval=1.0, disable=not main)
         self._bar = bar if main else None
         # The bar is closed before any error propagates, so an error message is the last line.
-        columns = metric_columns(self.cfg.mask.num_targets)
+        columns = metric_columns(self.cfg.mask.num_targets, self.cfg.optim.anti_collapse != "none")
         with (MetricsLog(self.run_dir / "metrics.csv", self.step, columns, writes=main) as metrics, bar,
               contextlib.closing(self.watch), contextlib.closing(iter(self.loader)) as batches):
             while self.step < stop:

@@ -15,7 +15,7 @@ from ..config import Config
 from ..data import EvalTransform
 from ..distributed import Processes
 from ..masking import Masks
-from ..monitor import CollapseMonitor, RankMonitor
+from ..monitor import CollapseWatch, Thresholds, advice_for
 from ..monitor.online_knn import OnlineKNN
 from ..monitor.trackers import Trackers, check_trackers
 
@@ -30,14 +30,14 @@ class RunWatch:
                  processes: Processes):
         self.cfg, self.mean, self.std, self.processes = cfg, mean, std, processes
         check_trackers(cfg.monitor)  # a missing package fails now, not after the build
-        self.collapse = CollapseMonitor(cfg.train.collapse_std)
-        self.rank_drop = RankMonitor(cfg.monitor.rankme_drop)
         self.trackers = Trackers.off()
         self.online_knn = None
         if processes.is_main or cfg.dist.strategy == "fsdp":
             transform = EvalTransform(cfg.model.img_size, cfg.model.in_chans, mean, std)
             self.online_knn = OnlineKNN.for_data(dataset, transform, cfg.monitor, cfg.train.seed, device,
                                                  precision, cfg.eval.last_layers)
+        queries = len(self.online_knn.sets["queries"]) if self.online_knn is not None else None
+        self.collapse = CollapseWatch(Thresholds.from_config(cfg), advice_of(cfg), queries)
         self.latest: dict[str, str] = {}  # the latest health and kNN values, for the progress bar
 
     def describe(self) -> str:
@@ -113,13 +113,19 @@ class RunWatch:
         watched = "rankme" in row or "knn_top1" in row
         if watched or row["step"] % self.cfg.train.log_every == 0:
             self.trackers.scalars(row)
-        warnings = [self.collapse.update(row["step"], row["target_std"])]
         if "rankme" in row:
             self.latest["rankme"] = f"{row['rankme']:.1f}"
-            warnings.append(self.rank_drop.update(row["step"], row["rankme"]))
         if "knn_top1" in row:
             self.latest["knn"] = f"{row['knn_top1']:.1f}"
-        return [w for w in warnings if w]
+        return self.collapse.update(row)
+
+
+def advice_of(cfg: Config) -> str:
+    """What the collapse warnings advise, given the run's term against collapse and whether
+    the recipe chose it."""
+    o = cfg.optim
+    by_recipe = cfg.recipe == "auto" and "optim.anti_collapse" not in cfg.explicit
+    return advice_for(o.anti_collapse, o.anti_collapse_weight, by_recipe)
 
 
 def _enlarged(images: torch.Tensor, least: int = 128) -> torch.Tensor:

@@ -27,7 +27,6 @@ from ..utils.files import atomic_write_text
 REPORT_NAME = "report.html"
 MAX_JSON_BYTES = 1 << 20  # larger JSON files are listed, not rendered
 MAX_DEPTH = 6  # nesting shown as tables; deeper values are shown as JSON text
-DEFAULT_COLLAPSE_STD, DEFAULT_RANKME_DROP = 0.15, 0.25  # when config.yaml is missing
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;
@@ -119,26 +118,25 @@ def _summary(values: np.ndarray | None, parts: dict[str, Callable[[np.ndarray], 
 FIRST, LAST = (lambda v: v[0]), (lambda v: v[-1])
 
 
-def health(metrics: dict[str, np.ndarray], collapse_std: float | None = DEFAULT_COLLAPSE_STD,
-           rankme_drop: float | None = DEFAULT_RANKME_DROP) -> Health:
+def health(metrics: dict[str, np.ndarray], thresholds=None) -> Health:
     """Summarise ``{column: float array}`` (``viz.curves.read_metrics``), replaying the
-    trainer's :class:`CollapseMonitor` over ``target_std`` and :class:`RankMonitor` over
-    ``rankme`` with the run's thresholds."""
-    from ..monitor import CollapseMonitor, RankMonitor
+    trainer's collapse warnings (:class:`~imagejepa.monitor.CollapseWatch`) with the run's
+    thresholds (``Thresholds.from_config``; the defaults when None)."""
+    from ..monitor import CollapseWatch, Thresholds
 
     steps = metrics.get("step", np.zeros(0))
     n = len(steps)
     if n == 0:
         return Health("unknown", "No training step recorded yet.")
-    collapse, rank = CollapseMonitor(collapse_std), RankMonitor(rankme_drop)
+    thresholds = thresholds or Thresholds()
+    collapse_std, rankme_drop = thresholds.collapse_std, thresholds.rankme_drop
+    watch = CollapseWatch(thresholds)
     warnings = []
-    std_col, rank_col = metrics.get("target_std"), metrics.get("rankme")
+    columns = [c for c in ("loss", "target_std", "rankme", "knn_top1") if c in metrics]
     for i in range(n):
-        step = int(steps[i])
-        found = [collapse.update(step, float(std_col[i])) if std_col is not None else None]
-        if rank_col is not None and np.isfinite(rank_col[i]):
-            found.append(rank.update(step, float(rank_col[i])))
-        warnings += [w.removeprefix("imagejepa: warning: ") for w in found if w]
+        row = {"step": int(steps[i]), "loss": math.nan, "target_std": math.nan,
+               **{c: float(metrics[c][i]) for c in columns}}
+        warnings += [w.removeprefix("imagejepa: warning: ") for w in watch.update(row)]
 
     loss, std, rm = _finite(metrics, "loss"), _finite(metrics, "target_std"), _finite(metrics, "rankme")
     skipped = _finite(metrics, "skipped_step")
@@ -162,23 +160,16 @@ def health(metrics: dict[str, np.ndarray], collapse_std: float | None = DEFAULT_
                                           {"first": FIRST, "last": LAST, "best": np.max})),
         ("skipped steps", "not recorded" if skipped is None else f"{skipped_steps} of {n}"),
     ]
-    return Health(*_verdict(n, metrics, collapse, rank, warnings, skipped_steps, loss), warnings, rows)
+    return Health(*_verdict(n, metrics, watch, warnings, skipped_steps, loss), warnings, rows)
 
 
-def _verdict(n, metrics, collapse, rank, warnings, skipped_steps, loss) -> tuple[str, str]:
+def _verdict(n, metrics, watch, warnings, skipped_steps, loss) -> tuple[str, str]:
     last_loss = float(metrics["loss"][-1]) if "loss" in metrics else math.nan
     trend = (f" The loss went from {fmt(float(loss[0]))} to {fmt(last_loss)} over {n} steps."
              if loss is not None and math.isfinite(last_loss) else "")
     if "loss" in metrics and not math.isfinite(last_loss):
         return "bad", f"Unhealthy: the last recorded loss (step {int(metrics['step'][-1])}) is not finite."
-    now = []
-    if collapse.collapsing:
-        mean = sum(collapse.recent) / len(collapse.recent)
-        now.append(f"the target std (mean of the last {len(collapse.recent)} steps) is {fmt(mean)}, "
-                   f"below train.collapse_std = {fmt(collapse.threshold)}")
-    if rank.collapsing:
-        last = float(_finite(metrics, "rankme")[-1])
-        now.append(f"RankMe is {fmt(last)}, below {fmt(rank.drop)} × its highest {fmt(rank.best)}")
+    now = watch.now()
     if now:
         return "bad", f"Possible representation collapse at the end of the run: {'; '.join(now)}.{trend}"
     skipped = f" {skipped_steps} step(s) were skipped (non-finite loss or gradient)." if skipped_steps else ""
@@ -321,11 +312,13 @@ def report_html(run_dir: str | Path, warn: Callable[[str], None] = lambda messag
         return value
 
     def health_body() -> str:
+        from ..monitor import Thresholds
+
         need(metrics, metrics_error)
         if cfg is None:
             h = health(metrics)
             return note(f"{cfg_error}: the default thresholds") + health_html(h)
-        return health_html(health(metrics, cfg.train.collapse_std, cfg.monitor.rankme_drop))
+        return health_html(health(metrics, Thresholds.from_config(cfg)))
 
     def curves_body() -> str:
         from .curves import curves_png
