@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data chromium demo test test-fast test-avx2 bench bench-quality lint clean
+.PHONY: install data chromium demo test test-fast test-avx2 bench bench-quality bench-robust lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,13 @@ bench: install
 bench-quality: install data
 	rm -rf runs/quality
 	$(PY) benchmarks/quality_fmnist.py --minutes 9 --run-dir runs/quality
+
+# The default recipe (recipe: auto) on five datasets of different sizes and kinds, each with a
+# fixed budget (about 40 minutes in all on 2 cores); results in runs/robust/robustness.json.
+bench-robust: install data
+	$(PY) -m pip install --quiet -e '.[bench]'
+	rm -rf runs/robust/fmnist-* runs/robust/digits runs/robust/shapes
+	$(PY) benchmarks/robustness.py --out runs/robust
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -32,17 +32,24 @@ def test_defaults_load_and_validate():
     assert from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
 
 
-def test_repo_config_file():
-    """Every key of the demo file lands in the typed config, lists as tuples, numbers typed."""
-    path = ROOT / "configs" / "fmnist_vit_tiny.yaml"
+@pytest.mark.parametrize("name", ["fmnist_vit_tiny", "your_data", "in1k_vith14_ep300"])
+def test_repo_config_files(name):
+    """Every key of a shipped file lands in the typed config (and is explicit: the recipe
+    leaves it alone), lists as tuples, numbers typed."""
+    path = ROOT / "configs" / f"{name}.yaml"
     raw = yaml.safe_load(path.read_text())
-    cfg = load_config(path).to_dict()
+    loaded = load_config(path)
+    cfg = loaded.to_dict()
     for section, values in raw.items():
+        if not isinstance(values, dict):  # recipe: a key of its own
+            assert cfg[section] == values
+            continue
         for key, value in values.items():
             assert cfg[section][key] == value, f"{section}.{key}"
-    loaded = load_config(path)
+            assert f"{section}.{key}" in loaded.explicit
     assert isinstance(loaded.optim.lr, float) and isinstance(loaded.mask.target_aspect, tuple)
     assert loaded.model.img_size % loaded.model.patch_size == 0
+    assert loaded.recipe == ("none" if name.startswith("in1k") else "auto")
 
 
 def test_overrides_are_typed():
@@ -55,7 +62,8 @@ def test_overrides_are_typed():
     assert cfg.train.compile is True
     assert cfg.optim.ema == (0.99, 1.0)
     # Overrides apply over the file; untouched keys keep the file's values.
-    assert cfg.model.patch_size == 4
+    assert cfg.train.budget_minutes == 9 and cfg.recipe == "auto"
+    assert {"optim.lr", "train.max_steps", "train.budget_minutes"} <= cfg.explicit
     assert parse_override("optim.lr=5e-4") == ("optim.lr", "5e-4")  # YAML 1.1: a string ...
     assert load_config(None, ["optim.lr=5e-4"]).optim.lr == 5e-4  # ... coerced to float
     assert load_config(None, ["train.max_steps="]).train.max_steps is None

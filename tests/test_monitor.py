@@ -162,9 +162,9 @@ def _pretrain(run_dir, *overrides, config=DEMO_CONFIG, tiny=True):
 def test_a_collapsing_run_is_warned_of(tmp_path, capsys):
     """EMA 0 (the target is the encoder itself) with a high learning rate: the features
     collapse within tens of steps, and the run says so, with what to try."""
-    assert _pretrain(tmp_path / "run", "train.max_steps=60", "optim.ema=[0.0, 0.0]", "optim.lr=0.01",
-                     "optim.start_lr=0.01", "optim.warmup_epochs=0", "monitor.every=10",
-                     "monitor.knn_every=0") == 0
+    assert _pretrain(tmp_path / "run", "optim.anti_collapse=none", "train.max_steps=60",
+                     "optim.ema=[0.0, 0.0]", "optim.lr=0.01", "optim.start_lr=0.01",
+                     "optim.warmup_epochs=0", "monitor.every=10", "monitor.knn_every=0") == 0
     err = capsys.readouterr().err
     assert "warning: possible representation collapse" in err and "RankMe" in err
     assert "optim.lr" in err and "optim.ema" in err
@@ -183,7 +183,7 @@ def test_a_partially_collapsing_run_is_warned_of_and_the_term_against_collapse_p
     of its best while the loss falls to 2% of its start, the std staying above the collapse
     threshold: partial collapse, and said so, with the term against collapse to try. With the
     term on, the same run keeps its rank and warns of nothing."""
-    assert _pretrain(tmp_path / "run", *PARTIAL) == 0
+    assert _pretrain(tmp_path / "run", *PARTIAL, "optim.anti_collapse=none") == 0
     err = capsys.readouterr().err
     assert "warning: partial collapse" in err and "RankMe of the target features is" in err
     assert "possible representation collapse" not in err

@@ -104,7 +104,11 @@ class TrainStep:
                     chunk_masks = Masks(masks.context[part], masks.targets[part])
                     loss, metrics = self.forward(images[part], chunk_masks)
                 (loss / accum).backward()
-            chunk_values = torch.stack([metrics[name].float() for name in self._metric_keys()])
+            # The loss column is the prediction loss; a step whose loss (with any term against
+            # collapse) is not finite shows that value instead, and is skipped or stops the run.
+            logged = torch.where(loss.isfinite(), metrics["pred_loss"], loss.detach())
+            rest = (metrics[name].float() for name in self.averaged[1:])
+            chunk_values = torch.stack([logged.float(), *rest])
             sums = chunk_values if sums is None else sums + chunk_values
             patches = {k: metrics[k] for k in ("context_patches", "target_patches")}
         health = None
@@ -123,11 +127,6 @@ class TrainStep:
         values = torch.cat([stats, bad.float()[None], first_bad.float()[None], bad_norm.float()[None]])
         host = {**patches, "lr": lr, "weight_decay": wd, "ema": momentum}
         return StepResult(step, values, host, [name for name, _ in with_grad], health)
-
-    def _metric_keys(self) -> tuple[str, ...]:
-        """The keys of the model's metrics behind :attr:`averaged` (the loss column is the
-        prediction loss)."""
-        return tuple("pred_loss" if name == "loss" else name for name in self.averaged)
 
     def _apply(self, bad: torch.Tensor, momentum: float) -> None:
         """The optimiser step and the EMA update, both nothing where ``bad``; decided on the

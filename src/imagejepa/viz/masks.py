@@ -17,6 +17,7 @@ from ..data import TrainTransform, build_dataset, channel_stats, check_data_path
 from ..errors import UsageError
 from ..masking import Masks, MultiBlockMaskSampler
 from ..monitor.pictures import draw_masks, to_uint8_rgb
+from ..train.recipe import resolve_recipe
 from ..train.step import MASK_STREAM
 from ..utils.seeds import mix_seed
 from .figure import (
@@ -45,6 +46,7 @@ def masked_crops(cfg: Config, images: int = 8, seed: int | None = None, data: st
     dataset = build_dataset(spec, train=True)
     if images > len(dataset):
         raise UsageError(f"--images {images}: data {spec!r} holds only {len(dataset)} images")
+    resolve_recipe(cfg, dataset)  # recipe: auto sizes the grid from the data shown
     m = cfg.model
     mean, std = channel_stats(dataset.mean, m.in_chans), channel_stats(dataset.std, m.in_chans)
     transform = TrainTransform(m.img_size, m.in_chans, mean, std, cfg.data.crop_scale)
