@@ -44,8 +44,8 @@ MARGIN_OVER_RANDOM = 0.03
 
 def pretrain(name: str, spec: str, minutes: float, run_dir: Path) -> dict:
     """Train the default recipe on ``spec`` for ``minutes``; what its run says of itself."""
-    command = [sys.executable, "-m", "imagejepa", "pretrain", "--config", str(CONFIG), "--run-dir", str(run_dir),
-               "--set", f"data.dataset={spec}", "--budget-minutes", str(minutes),
+    command = [sys.executable, "-m", "imagejepa", "pretrain", "--config", str(CONFIG),
+               "--run-dir", str(run_dir), "--set", f"data.dataset={spec}", "--budget-minutes", str(minutes),
                "--set", f"train.max_minutes={minutes + 1}"]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -109,8 +109,8 @@ COLUMNS = ("dataset", "images", "steps", "target", "pixels", "random", "RankMe e
 
 def _row(name: str, r: dict) -> str:
     t = r["linear_top1"]
-    return (f"{name}: {r['train_images']} images, {r['steps']} steps in {r['pretrain_s']:.0f} s; linear top-1 "
-            f"target {t['target encoder']:.2f}, pixels {t['raw pixels']:.2f}, random {t['random init']:.2f}; "
+    return (f"{name}: {r['train_images']} images, {r['steps']} steps in {r['pretrain_s']:.0f} s; "
+            f"linear top-1 target {t['target encoder']:.2f}, pixels {t['raw pixels']:.2f}, random {t['random init']:.2f}; "
             f"RankMe {r['rankme_end']} (best {r['rankme_best']}); {len(r['warnings'])} warning(s)")
 
 
