@@ -110,7 +110,8 @@ COLUMNS = ("dataset", "images", "steps", "target", "pixels", "random", "RankMe e
 def _row(name: str, r: dict) -> str:
     t = r["linear_top1"]
     return (f"{name}: {r['train_images']} images, {r['steps']} steps in {r['pretrain_s']:.0f} s; "
-            f"linear top-1 target {t['target encoder']:.2f}, pixels {t['raw pixels']:.2f}, random {t['random init']:.2f}; "
+            f"linear top-1 target {t['target encoder']:.2f}, pixels {t['raw pixels']:.2f}, "
+            f"random {t['random init']:.2f}; "
             f"RankMe {r['rankme_end']} (best {r['rankme_best']}); {len(r['warnings'])} warning(s)")
 
 
