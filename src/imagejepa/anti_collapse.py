@@ -40,7 +40,12 @@ def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
 def variance_covariance(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(variance term, covariance term)`` of ``tokens (..., D)`` (layer-normed here, without
     affine, in float32), over every token of the global batch."""
-    z = F.layer_norm(tokens.float(), tokens.shape[-1:]).reshape(-1, tokens.shape[-1])
+    # float32 under any autocast: a bf16 z.T @ z loses the covariance to cancellation.
+    with torch.autocast(tokens.device.type, enabled=False):
+        return _terms(F.layer_norm(tokens.float(), tokens.shape[-1:]).reshape(-1, tokens.shape[-1]))
+
+
+def _terms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dim = z.shape[1]
     count = torch.tensor([float(z.shape[0])], device=z.device)
     # One all-reduce: the token count, the sum and the (D, D) sum of outer products.
