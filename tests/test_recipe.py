@@ -10,7 +10,7 @@ from imagejepa.cli import main
 from imagejepa.config import load_config
 from imagejepa.data import TensorImageDataset
 from imagejepa.data.facts import DataFacts, data_facts
-from imagejepa.train.recipe import PASSES_CAP, auto_choices, resolve_recipe
+from imagejepa.train.recipe import FEW_IMAGES, PASSES_CAP, auto_choices, resolve_recipe
 
 from .helpers import metric_rows
 
@@ -24,6 +24,9 @@ def test_rules_on_constructed_dataset_sizes():
     assert (small["model.in_chans"], small["model.img_size"], small["model.patch_size"]) == (1, 28, 4)
     assert small["model.depth"] == 4 and small["data.batch_size"] == 32
     assert small["optim.anti_collapse"] == "vc"
+    # Width: ViT-S for few images, ViT-T from FEW_IMAGES on.
+    assert small["model.arch"] == "vit_small"
+    assert chosen(DataFacts(FEW_IMAGES, 28, 1))["model.arch"] == "vit_tiny"
     # Passes: the demo's 360,000 images seen, at most PASSES_CAP passes, at least 6.
     assert small["optim.epochs"] == pytest.approx(360_000 / 1_400, abs=0.01)
     assert small["optim.warmup_epochs"] == pytest.approx(small["optim.epochs"] / 8, abs=0.01)
@@ -83,6 +86,7 @@ def test_a_run_writes_the_resolved_recipe_and_resumes_from_the_same_file(tmp_pat
     assert "2,000 colour images of about 32 pixels" in line and "optim.anti_collapse=vc" in line
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["recipe"] == "auto" and saved["model"]["patch_size"] == 4 and saved["model"]["in_chans"] == 3
+    assert saved["model"]["arch"] == "vit_small"  # 2,000 images: few
     assert saved["optim"]["anti_collapse"] == "vc" and saved["optim"]["epochs"] == 180.0
     assert "anti_collapse" in metric_rows(run)[0]
     # The same file resolves to the same values, so --resume with it continues the run.
