@@ -1,7 +1,8 @@
 """Datasets named by a data spec, transforms, and the deterministic training loader.
 
 Data specs: ``fashion-mnist[:DIR]``, ``imagefolder:PATH``, ``webdataset:PATTERN`` (tar
-shards, see shards.py), ``synthetic``. For an image folder the training split is ``PATH``
+shards, see shards.py), ``synthetic``, ``scenes:count`` and ``scenes:dist`` (rendered
+Clevr-like scenes, see scenes.py). For an image folder the training split is ``PATH``
 itself or ``PATH/train`` and the test split ``PATH/val`` or ``PATH/test`` where they exist;
 shards are one split, the one named by the pattern.
 """
@@ -16,7 +17,7 @@ from .base import BadImageError, DataError, ImageFolderDataset, TensorImageDatas
 from .loader import TrainLoader, eval_batches, images_at
 from .transforms import EvalTransform, TrainTransform
 
-KINDS = ("fashion-mnist", "imagefolder", "webdataset", "synthetic")
+KINDS = ("fashion-mnist", "imagefolder", "webdataset", "synthetic", "scenes")
 
 
 class DataSpec(NamedTuple):
@@ -29,13 +30,20 @@ def parse_data_spec(spec: str) -> DataSpec:
     if kind not in KINDS:
         raise ConfigError(
             f"data spec {spec!r}: unknown dataset {kind!r}; allowed: "
-            "fashion-mnist[:DIR], imagefolder:PATH, webdataset:PATTERN, synthetic"
+            "fashion-mnist[:DIR], imagefolder:PATH, webdataset:PATTERN, synthetic, scenes:count, scenes:dist"
         )
     if kind == "imagefolder" and not arg:
         raise ConfigError("data spec 'imagefolder' needs a folder: imagefolder:PATH")
     if kind == "webdataset" and not arg:
         raise ConfigError("data spec 'webdataset' needs the shards, e.g. "
                           "webdataset:/data/shard-{000000..000009}.tar")
+    if kind == "scenes":
+        from .scenes import parse_options
+
+        try:
+            parse_options(arg or "")
+        except ValueError as e:
+            raise ConfigError(f"data spec {spec!r}: {e}") from None
     if kind == "synthetic" and arg:
         raise ConfigError(f"data spec {spec!r}: 'synthetic' takes no argument")
     return DataSpec(kind, arg or None)
@@ -49,6 +57,8 @@ def check_data_path(spec: str) -> None:
 
         if not expand(arg):
             raise ConfigError(f"data.dataset={spec!r}: no shard file matches {arg}")
+        return
+    if kind == "scenes":
         return
     if arg is not None and not Path(arg).is_dir():
         what = "image folder" if kind == "imagefolder" else "Fashion-MNIST folder"
@@ -76,6 +86,10 @@ def build_dataset(spec: str, train: bool = True):
         from .shards import ShardDataset
 
         return ShardDataset(arg)
+    if kind == "scenes":
+        from .scenes import load_scenes
+
+        return load_scenes(arg, train=train)
     if kind == "synthetic":
         from .synthetic import make_synthetic
 
