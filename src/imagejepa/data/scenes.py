@@ -282,7 +282,8 @@ def load_scenes(arg: str, train: bool = True, folder: Path | None = None) -> Ten
     task, opt = parse_options(arg)
     split = "train" if train else "test"
     seed = 2 * opt["seed"] + (0 if train else 1)
-    path = (folder or cache_dir()) / f"v{VERSION}-seed{opt['seed']}-{split}-{opt[split]}-{opt['size']}px.safetensors"
+    name = f"v{VERSION}-seed{opt['seed']}-{split}-{opt[split]}-{opt['size']}px.safetensors"
+    path = (folder or cache_dir()) / name
     if path.is_file():
         data = load_file(path)
     else:
