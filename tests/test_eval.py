@@ -76,6 +76,27 @@ def test_linear_probe_on_few_images_does_not_blow_up_noise_directions():
     assert chosen["top1"] > full["top1"] + 0.05, (chosen["top1"], full["top1"])
 
 
+def test_whitening_with_fewer_images_than_features_equals_the_covariance_route():
+    """With N <= D the principal axes come from the data's SVD: the whitened features are the
+    covariance eigen-decomposition's, up to a rotation (so their Gram matrix is the same),
+    and each kept direction has unit variance."""
+    from imagejepa.eval.heads import principal_axes, whiten
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 8, generator=g) @ torch.randn(8, 90, generator=g) + torch.randn(40, 90, generator=g)
+    other = torch.randn(5, 90, generator=g)
+    mean, variances, axes = principal_axes(x)
+    assert axes.shape == (90, 40) and variances.shape == (40,)  # from the SVD: rank <= N
+    eigvals, eigvecs = torch.linalg.eigh(torch.cov((x.double() - mean).T))
+    for shrink in (0.0, 1.0):
+        fast = whiten(x, other, shrink=shrink)
+        slow = whiten(x, other, shrink=shrink, axes=(mean, eigvals, eigvecs))
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a @ a.T, b @ b.T, rtol=1e-4, atol=1e-4)
+    white = whiten(x)[0]
+    torch.testing.assert_close(white.var(0), torch.ones(white.shape[1]), rtol=1e-4, atol=1e-4)
+
+
 def test_knn_separates_and_is_at_chance_on_shuffled_labels(separable):
     xtr, ytr, xte, yte = separable
     r = knn_probe(xtr, ytr, xte, yte, ks=(10, 20))

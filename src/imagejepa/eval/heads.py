@@ -25,8 +25,23 @@ def standardize(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tens
     return [((x.float() - mean) / std).to(x.dtype) for x in (train_x, *others)]
 
 
+def principal_axes(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean (D,), variances (R,), axes (D, R))`` of ``(N, D)`` features, in float64: the
+    eigen-decomposition of their covariance. With fewer images than features it comes from
+    the centred data's SVD instead (rank at most N: 2,000 colour images of 64 x 64 pixels
+    need an SVD of 2,000 x 12,288, not an eigen-decomposition of 12,288 x 12,288)."""
+    x = train_x.double()
+    mean = x.mean(0)
+    n, dim = x.shape
+    if n <= dim:
+        _, singular, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        return mean, singular**2 / max(n - 1, 1), vh.T
+    eigvals, eigvecs = torch.linalg.eigh(torch.cov((x - mean).T))
+    return mean, eigvals, eigvecs
+
+
 def whiten(train_x: torch.Tensor, *others: torch.Tensor, shrink: float = 0.0,
-           rel_floor: float = 1e-6) -> list[torch.Tensor]:
+           rel_floor: float = 1e-6, axes=None) -> list[torch.Tensor]:
     """Centre and whiten ``(N, D)`` features with the training split's covariance (PCA).
 
     A fixed invertible linear map of the feature space (directions with no variance are
@@ -38,11 +53,9 @@ def whiten(train_x: torch.Tensor, *others: torch.Tensor, shrink: float = 0.0,
     eigenvalue)`` instead: low-variance directions are then not blown up to unit variance.
     With few training images (N near D) full whitening turns the covariance's noise
     directions into features as strong as the signal's; on 1,000 Fashion-MNIST images it
-    cost raw pixels 29 points.
+    cost raw pixels 29 points. ``axes``: :func:`principal_axes` of ``train_x``, when known.
     """
-    x = train_x.double()
-    mean = x.mean(0)
-    eigvals, eigvecs = torch.linalg.eigh(torch.cov((x - mean).T))
+    mean, eigvals, eigvecs = axes if axes is not None else principal_axes(train_x)
     eigvals = eigvals.clamp(min=0)
     keep = eigvals > rel_floor * eigvals.max()
     scale = (eigvals[keep] + shrink * eigvals[keep].mean()).sqrt()

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from .heads import holdout_split, kfold_splits, logistic_regression, sweep_and_fit, topk_accuracy, whiten
+from .heads import (holdout_split, kfold_splits, logistic_regression, principal_axes, sweep_and_fit,
+                    topk_accuracy, whiten)
 
 L2_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 SHRINK_GRID = (0.0, 1.0)  # whitening shrinkage, in units of the mean eigenvalue
@@ -65,8 +66,9 @@ def _lbfgs(train_x, train_y, test_x, test_y, num_classes, l2_grid, shrink_grid, 
     n = len(train_x)
     splits = kfold_splits(n, CV_FOLDS, seed) if n < CV_BELOW else [holdout_split(n, seed)]
     scores, whitened = {}, {}
+    axes = principal_axes(train_x)  # one decomposition for every shrinkage
     for shrink in shrink_grid:
-        x, x_test = whitened[shrink] = whiten(train_x, test_x, shrink=shrink)
+        x, x_test = whitened[shrink] = whiten(train_x, test_x, shrink=shrink, axes=axes)
         for l2 in l2_grid:
             held_out = []
             for fit, val in splits:
