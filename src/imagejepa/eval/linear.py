@@ -22,8 +22,15 @@ from __future__ import annotations
 
 import torch
 
-from .heads import (holdout_split, kfold_splits, logistic_regression, principal_axes, sweep_and_fit,
-                    topk_accuracy, whiten)
+from .heads import (
+    holdout_split,
+    kfold_splits,
+    logistic_regression,
+    principal_axes,
+    sweep_and_fit,
+    topk_accuracy,
+    whiten,
+)
 
 L2_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 SHRINK_GRID = (0.0, 1.0)  # whitening shrinkage, in units of the mean eigenvalue
