@@ -104,7 +104,9 @@ def test_partial_collapse_needs_both_a_halved_rank_and_a_loss_near_zero():
     assert "partial collapse at step 3" in warning and "RankMe of the target features is 8.0" in warning
     assert "monitor.rankme_partial=0.5 x its best (20.0)" in warning and "loss fell to 0.0200" in warning
     assert monitor.update(4, 7.0) is None  # once per episode
-    assert monitor.update(5, 15.0) is None and monitor.update(6, 7.0) is not None
+    # RankMe wavering about half its best stays one episode; back at 3/4 of it, the episode is over.
+    assert monitor.update(5, 11.0) is None and monitor.update(6, 7.0) is None
+    assert monitor.update(7, 15.0) is None and monitor.update(8, 7.0) is not None
 
 
 def test_std_hovering_near_the_threshold_warns_after_a_long_window():
@@ -185,7 +187,8 @@ def test_a_partially_collapsing_run_is_warned_of_and_the_term_against_collapse_p
     term on, the same run keeps its rank and warns of nothing."""
     assert _pretrain(tmp_path / "run", *PARTIAL, "optim.anti_collapse=none") == 0
     err = capsys.readouterr().err
-    assert "warning: partial collapse" in err and "RankMe of the target features is" in err
+    assert err.count("warning: partial collapse") == 1  # RankMe wavers, but it is one episode
+    assert "RankMe of the target features is" in err
     assert "possible representation collapse" not in err
     assert "try optim.anti_collapse=vc" in err
     rows = [r for r in metric_rows(tmp_path / "run") if r["rankme"]]

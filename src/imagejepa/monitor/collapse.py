@@ -18,18 +18,21 @@ PREFIX = "imagejepa: warning: "
 
 
 class _OncePerEpisode:
-    """``first(bad) -> bool``: true when ``bad`` starts an episode (the first bad value
-    after good ones), so a warning is given once per episode, not at every step of it."""
+    """``first(bad, over) -> bool``: true when ``bad`` starts an episode (the first bad value
+    after good ones), so a warning is given once per episode, not at every step of it.
+    ``over`` (default: not bad) says whether an episode has ended: a symptom that hovers
+    about its threshold ends its episode only when it is clearly past it."""
 
     def __init__(self):
         self.warned = False
 
-    def first(self, bad: bool) -> bool:
-        if not bad:
+    def first(self, bad: bool, over: bool | None = None) -> bool:
+        if bad:
+            started, self.warned = not self.warned, True
+            return started
+        if over is None or over:
             self.warned = False
-            return False
-        started, self.warned = not self.warned, True
-        return started
+        return False
 
 
 class _Windowed:
@@ -169,7 +172,10 @@ class PartialCollapseMonitor:
         self.best = max(self.best, value)
         low_rank = value < self.fraction * self.best
         easy = self.current_loss < self.loss_floor * self.highest_loss
-        if not self.episode.first(low_rank and easy):
+        # Over only once RankMe is back above halfway from the threshold to its best: a
+        # RankMe that wavers about the threshold is one episode, not several.
+        recovered = value >= (1 + self.fraction) / 2 * self.best
+        if not self.episode.first(low_rank and easy, over=recovered):
             return None
         return (
             f"{PREFIX}partial collapse at step {step}: RankMe of the target features is {value:.1f}, "
