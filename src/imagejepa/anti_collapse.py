@@ -28,13 +28,28 @@ KINDS = ("none", "vc")
 EPS = 1e-4
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """An all-reduce (sum) with a gradient: every rank's input feeds every rank's output, so
+    the gradient of a rank's input is the sum over ranks of the output's gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        total = x.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
 def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """``x`` summed over the ranks; its gradient flows back to every rank's own ``x``."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(x, op=dist.ReduceOp.SUM)
+    return _SumOverRanks.apply(x)
 
 
 def variance_covariance(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
