@@ -21,12 +21,11 @@ images are cached as safetensors under ``$IMAGEJEPA_CACHE/scenes`` (default
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
 
-from ..utils.files import atomic_write
+from ..utils.files import atomic_write, cache_root
 from .base import TensorImageDataset
 
 VERSION = 1  # bump when the renderer changes what it draws: cached files are keyed on it
@@ -271,8 +270,7 @@ def parse_options(arg: str) -> tuple[str, dict[str, int]]:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("IMAGEJEPA_CACHE") or Path.home() / ".cache" / "imagejepa"
-    return Path(root) / "scenes"
+    return cache_root() / "scenes"
 
 
 def load_scenes(arg: str, train: bool = True, folder: Path | None = None) -> TensorImageDataset:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ..data import EvalTransform, eval_batches
 from ..models import Encoder
 from ..models.layers import patchify
 from ..runtime import autocast
-from ..utils.files import atomic_write, sha256_of
+from ..utils.files import atomic_write, cache_root, sha256_of
 
 SOURCES = ("target", "context", "random", "pixels")
 CACHE_VERSION = 1  # bump when extraction changes, so old cache entries are not reused
@@ -81,8 +80,7 @@ def pixel_features(dataset, transform: EvalTransform, patch_size: int | None = N
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("IMAGEJEPA_CACHE") or Path.home() / ".cache" / "imagejepa"
-    return Path(root) / "features"
+    return cache_root() / "features"
 
 
 class FeatureCache:

@@ -46,3 +46,9 @@ def atomic_write(path: Path, write) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def cache_root() -> Path:
+    """Where imagejepa caches what it computes (features, rendered scenes):
+    ``$IMAGEJEPA_CACHE`` or ``~/.cache/imagejepa``."""
+    return Path(os.environ.get("IMAGEJEPA_CACHE") or Path.home() / ".cache" / "imagejepa")
