@@ -462,3 +462,20 @@ def test_the_term_against_collapse_on_two_processes_equals_one_and_resumes_exact
     terms = [float(r["anti_collapse"]) for r in metric_rows(run_dir)]
     want = [float(r["anti_collapse"]) for r in metric_rows(reference)]
     assert terms == pytest.approx(want, abs=TOL, rel=TOL) and all(t > 0 for t in terms)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, strategy", [("mae", "fsdp"), ("ijepa_pixels", "ddp"), ("dino", "ddp"),
+                                              ("dino", "fsdp")])
+def test_each_baseline_on_two_processes_equals_one(tmp_path, method, strategy):
+    """MAE, the pixel-target ablation and DINO (its centre summed over ranks, its heads
+    sharded by FSDP2 like the rest) train on 2 processes x 8 images as on 1 x 16."""
+    from .test_methods import METHOD_SETTINGS
+
+    extra = [*METHOD_SETTINGS, f"method.name={method}", "train.max_steps=4"]
+    reference = one_process(tmp_path / "one" / "run", *extra)
+    run_dir, config = tmp_path / "run", config_file(tmp_path, *extra, f"dist.strategy={strategy}")
+    code, out, err = run_script("train_single_node.sh", run_dir, config=config, gpus=2, max_restarts=0)
+    assert code == 0, err[-3000:]
+    assert f"imagejepa: {method} vit_tiny" in out
+    assert_same_training(run_dir, reference)

@@ -47,7 +47,8 @@ class _SumOverRanks(torch.autograd.Function):
 
 def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """``x`` summed over the ranks; its gradient flows back to every rank's own ``x``."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if x.device.type == "meta" or not (dist.is_available() and dist.is_initialized()) \
+            or dist.get_world_size() == 1:  # meta: FLOPs counted on shapes alone
         return x
     return _SumOverRanks.apply(x)
 

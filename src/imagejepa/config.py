@@ -45,6 +45,32 @@ class MaskConfig:
 
 
 @dataclass
+class MethodConfig:
+    """What is trained (``name``) and each baseline's own settings (``methods/``)."""
+
+    # ijepa (the paper) | mae (masked autoencoder) | dino (self-distillation, multi-crop) |
+    # ijepa_pixels (the paper's ablation: I-JEPA predicting the target blocks' pixels)
+    name: str = "ijepa"
+    # MAE (He et al. 2022): the share of patches masked at random; the decoder's width and depth.
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    # DINO (Caron et al. 2021): the head's width, bottleneck and outputs (the normalised last
+    # layer); the local crops; the temperatures and the centre's momentum.
+    head_hidden: int = 512
+    head_bottleneck: int = 128
+    head_out: int = 1024
+    local_crops: int = 6
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04  # reached at the end of the learning-rate warm-up
+    warmup_teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+
+
+@dataclass
 class DataConfig:
     dataset: str = "fashion-mnist"  # a data spec: fashion-mnist[:DIR], imagefolder:PATH, synthetic
     batch_size: int = 256  # global batch per optimiser step
@@ -86,6 +112,9 @@ class TrainConfig:
     # Fit the whole schedule (warm-up, cosine, EMA and weight-decay ramps) into this many
     # minutes of training: its length follows the measured speed (at most optim.epochs).
     budget_minutes: float | None = None
+    # Or fit it into this many training FLOPs (forward and backward of the global batch, counted
+    # on the config's model, not timed): the same steps on any machine, busy or idle.
+    budget_flops: float | None = None
     checkpoint_every_steps: int | None = 1000
     checkpoint_every_minutes: float | None = 30.0
     keep_last: int = 3  # complete checkpoints kept on disk (older ones are deleted)
@@ -156,6 +185,7 @@ class Config:
     # auto: the keys not set explicitly are chosen from the data and the budget (recipe.py);
     # none: they keep the defaults below.
     recipe: str = "none"
+    method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -172,7 +202,10 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+METHODS = ("ijepa", "mae", "dino", "ijepa_pixels")
+
 ALLOWED = {
+    "method.name": METHODS,
     "optim.loss": ("smooth_l1", "l2"),
     "optim.anti_collapse": ("none", "vc"),
     "recipe": RECIPES,
@@ -396,6 +429,16 @@ def validate(cfg: Config) -> None:
         f"train.budget_minutes must be a finite number > 0, got {t.budget_minutes}",
     )
     _require(
+        t.budget_flops is None or 0 < t.budget_flops < math.inf,
+        f"train.budget_flops must be a finite number > 0, got {t.budget_flops}",
+    )
+    _require(
+        t.budget_flops is None or (t.budget_minutes is None and o.total_steps is None),
+        "train.budget_flops sets the schedule's length, as do train.budget_minutes and "
+        "optim.total_steps; set one of them",
+    )
+    _validate_method(cfg.method)
+    _require(
         o.total_steps is None or o.total_steps >= 1, f"optim.total_steps must be >= 1, got {o.total_steps}"
     )
     _require(
@@ -449,6 +492,23 @@ def validate(cfg: Config) -> None:
         MultiBlockMaskSampler(grid, mask_settings(cfg))
     except MaskError as e:
         raise ConfigError(str(e)) from None
+
+
+def _validate_method(me: MethodConfig) -> None:
+    _require(0 < me.mask_ratio < 1, f"method.mask_ratio must be within (0, 1), got {me.mask_ratio}")
+    for key in ("decoder_dim", "decoder_depth", "decoder_heads", "head_hidden", "head_bottleneck", "head_out"):
+        _require(getattr(me, key) >= 1, f"method.{key} must be >= 1, got {getattr(me, key)}")
+    _require(me.decoder_dim % 4 == 0 and me.decoder_dim % me.decoder_heads == 0,
+             f"method.decoder_dim={me.decoder_dim} must be divisible by 4 and by method.decoder_heads="
+             f"{me.decoder_heads}")
+    _require(me.local_crops >= 0, f"method.local_crops must be >= 0, got {me.local_crops}")
+    for key in ("global_scale", "local_scale"):
+        lo, hi = getattr(me, key)
+        _require(0 < lo <= hi <= 1, f"method.{key} must satisfy 0 < low <= high <= 1, got {[lo, hi]}")
+    for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+        _require(0 < getattr(me, key) < math.inf, f"method.{key} must be > 0, got {getattr(me, key)}")
+    _require(0 <= me.center_momentum < 1,
+             f"method.center_momentum must be within [0, 1), got {me.center_momentum}")
 
 
 def check_batch_split(cfg: Config, world_size: int) -> None:

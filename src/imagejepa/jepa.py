@@ -20,8 +20,9 @@ from torch import nn
 
 from .anti_collapse import KINDS as ANTI_COLLAPSE_KINDS
 from .anti_collapse import variance_covariance
-from .distributed import local_shard
-from .masking import Masks
+from .config import mask_settings
+from .masking import Masks, MultiBlockMaskSampler
+from .methods.base import Method
 from .models import Encoder, Predictor, gather_tokens
 
 
@@ -34,7 +35,7 @@ def per_dim_std(features: torch.Tensor) -> torch.Tensor:
 COVARIANCE_SHARE = 0.04  # VICReg's ratio of its covariance and variance coefficients (1 : 25)
 
 
-class IJEPA(nn.Module):
+class IJEPA(Method):
     """``forward(images (B, C, H, W), masks) -> (loss, metrics)``; ``metrics`` holds the
     scalars ``target_std``, ``pred_std``, ``pred_loss`` (the prediction term alone; with a term
     against collapse, ``anti_collapse``, its unweighted value, too), the patch
@@ -44,8 +45,15 @@ class IJEPA(nn.Module):
     ``anti_collapse="vc"`` adds ``anti_collapse_weight`` x the variance-covariance term of
     the context features (:mod:`imagejepa.anti_collapse`) to the loss."""
 
+    name = "ijepa"
+    networks = ("encoder", "target_encoder", "predictor")
+    trained = ("encoder", "predictor")
+    ema_pairs = (("target_encoder", "encoder"),)
+    evaluated = "target_encoder"
+
     def __init__(self, encoder: Encoder, predictor: Predictor, loss: str = "smooth_l1",
-                 anti_collapse: str = "none", anti_collapse_weight: float = 0.0):
+                 anti_collapse: str = "none", anti_collapse_weight: float = 0.0,
+                 masks: MultiBlockMaskSampler | None = None):
         super().__init__()
         if loss not in ("smooth_l1", "l2"):
             raise ValueError(f"loss must be 'smooth_l1' or 'l2', got {loss!r}")
@@ -56,6 +64,11 @@ class IJEPA(nn.Module):
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.loss_name = loss
         self.anti_collapse, self.anti_collapse_weight = anti_collapse, anti_collapse_weight
+        self._masks = masks or MultiBlockMaskSampler(encoder.grid)
+        self.blocks = self._masks.s.num_targets
+
+    def mask_sampler(self) -> MultiBlockMaskSampler:
+        return self._masks
 
     @torch.no_grad()
     def targets(self, images: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
@@ -93,21 +106,6 @@ class IJEPA(nn.Module):
             }
         return loss, metrics
 
-    @torch.no_grad()
-    def update_target(self, momentum: float, moving: torch.Tensor | None = None) -> None:
-        """``target = momentum * target + (1 - momentum) * encoder`` (one foreach lerp).
-
-        ``moving``: a boolean on the device; where false (a skipped step) the target stays as
-        it is, decided without reading the flag back. Sharded by FSDP2, both networks are
-        sharded alike, so each rank updates its own shards of the target from its shards of
-        the encoder, with no communication."""
-        target = [local_shard(p) for p in self.target_encoder.parameters()]
-        online = [local_shard(p) for p in self.encoder.parameters()]
-        weight = 1.0 - momentum
-        if moving is not None:
-            weight = moving.to(target[0].dtype) * weight
-        torch._foreach_lerp_(target, online, weight)
-
 
 def build_encoder(model_cfg) -> Encoder:
     """The encoder described by a :class:`~imagejepa.config.ModelConfig`."""
@@ -126,4 +124,5 @@ def build_ijepa(cfg) -> IJEPA:
         num_heads=cfg.model.pred_heads or encoder.num_heads,
     )
     return IJEPA(encoder, predictor, loss=cfg.optim.loss, anti_collapse=cfg.optim.anti_collapse,
-                 anti_collapse_weight=cfg.optim.anti_collapse_weight)
+                 anti_collapse_weight=cfg.optim.anti_collapse_weight,
+                 masks=MultiBlockMaskSampler(encoder.grid, mask_settings(cfg)))

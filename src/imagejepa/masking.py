@@ -49,6 +49,34 @@ class Masks(NamedTuple):
     context: torch.Tensor  # (B, Kc) long, sorted
     targets: torch.Tensor  # (B, T, Kt) long
 
+    def to(self, device, non_blocking: bool = False) -> Masks:
+        return Masks(self.context.to(device, non_blocking=non_blocking),
+                     self.targets.to(device, non_blocking=non_blocking))
+
+    def rows(self, part: slice) -> Masks:
+        """The masks of the samples ``part`` of the batch."""
+        return Masks(self.context[part], self.targets[part])
+
+
+class RandomMaskSampler:
+    """MAE's masking: ``sampler(batch_size, generator) -> Masks`` with ``context`` the
+    ``round(N (1 - ratio))`` visible patches of each sample, drawn uniformly, and ``targets``
+    ``(B, 1, N - Kc)`` the masked ones (one "block"), both sorted. A pure function of the
+    generator, like the multi-block sampler."""
+
+    def __init__(self, grid: tuple[int, int], ratio: float = 0.75):
+        if not 0 < ratio < 1:
+            raise MaskError(f"the mask ratio must be within (0, 1), got {ratio}")
+        self.grid, self.ratio = tuple(grid), ratio
+        n = grid[0] * grid[1]
+        self.visible = min(n - 1, max(1, round(n * (1 - ratio))))
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> Masks:
+        n = self.grid[0] * self.grid[1]
+        order = torch.rand(batch_size, n, generator=generator).argsort(dim=1)
+        context = order[:, : self.visible].sort(dim=1).values
+        targets = order[:, self.visible:].sort(dim=1).values[:, None]
+        return Masks(context, targets)
 
 
 class MultiBlockMaskSampler:

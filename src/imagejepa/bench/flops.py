@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..masking import Masks
 from ..models import Encoder
+from ..train.flops import count_train_flops
 
-
-def count_train_flops(model, images_shape, masks: Masks, precision: str) -> int:
-    """FLOPs of one forward + backward on shapes alone (a copy of the model on 'meta')."""
-    meta_model = copy.deepcopy(model).to("meta")
-    images = torch.empty(images_shape, device="meta")
-    masks = Masks(masks.context.to("meta"), masks.targets.to("meta"))
-    counter = FlopCounterMode(display=False)
-    with counter:
-        loss, _ = meta_model(images, masks)
-        loss.backward()
-    return counter.get_total_flops()
+__all__ = ["count_train_flops", "model_info"]
 
 
 def model_info(arch: str, patch_size: int, img_size: int, in_chans: int = 3) -> dict:

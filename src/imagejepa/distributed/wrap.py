@@ -5,10 +5,11 @@
 - ``fsdp``: FSDP2 (``fully_shard``), per transformer block, then per network, then the root.
   Parameters, gradients and optimiser state are sharded over ranks; a block's parameters
   are gathered just before it runs. The EMA target encoder is sharded the same way, so its
-  update is a local operation on each rank's shard (see ``jepa.IJEPA.update_target``).
+  update is a local operation on each rank's shard (see ``methods.base.Method.update_target``).
 
-Only the encoder and predictor have gradients; the target encoder (``requires_grad=False``)
-follows by the EMA, which every rank computes from the same averaged gradients.
+The networks are those the method names (``model.networks``). Only those it trains have
+gradients; an EMA teacher (``requires_grad=False``) follows by the EMA, which every rank
+computes from the same averaged gradients.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _fully_shard(model: nn.Module, device: torch.device, precision: str) -> nn.M
     if device.type == "cuda" and precision == "bf16":
         # bf16 compute and gathers, fp32 gradient reduction and fp32 master weights.
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for network in (model.encoder, model.target_encoder, model.predictor):
+    for network in (getattr(model, name) for name in model.networks):
         for block in _blocks(network):
             fully_shard(block, mp_policy=policy)
         fully_shard(network, mp_policy=policy)
@@ -64,7 +65,8 @@ def _fully_shard(model: nn.Module, device: torch.device, precision: str) -> nn.M
 
 
 def _blocks(network: nn.Module) -> nn.ModuleList:
-    return getattr(network, "blocks", None) or network.predictor_blocks
+    """The transformer blocks of a network (none for a head)."""
+    return getattr(network, "blocks", None) or getattr(network, "predictor_blocks", None) or []
 
 
 def local_shard(t: torch.Tensor) -> torch.Tensor:

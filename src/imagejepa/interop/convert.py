@@ -22,6 +22,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..data.base import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConvertError, KeyMapError, UnreadableFileError
+from ..methods import EVALUATED
 from .bundle import PROVENANCE_FILE, ModelBundle, infer_encoder_spec, infer_predictor_spec
 from .keymaps import (
     encoder_from_hf,
@@ -138,7 +139,12 @@ def read_imagejepa(path: Path, num_heads: int | None = None) -> ModelBundle:
     folder = ckpt.resolve_checkpoint(path)
     meta = ckpt.load_meta(folder)
     tensors = ckpt.load_tensors(folder)
-    states = {role: ckpt.strip_prefix(tensors, role) for role in ("encoder", "target_encoder", "predictor")}
+    method = meta.get("config", {}).get("method", {}).get("name", "ijepa")
+    # "target" is the encoder the method evaluates (MAE's encoder, DINO's teacher backbone);
+    # the predictor is I-JEPA's alone (the others' decoders and heads stay in the checkpoint).
+    roles = {"encoder": "encoder", "target_encoder": EVALUATED.get(method, "target_encoder"),
+             "predictor": "predictor" if method == "ijepa" else None}
+    states = {role: ckpt.strip_prefix(tensors, name) for role, name in roles.items() if name}
     states = {role: s for role, s in states.items() if s}
     if "encoder_spec" in meta:
         spec, pred_spec = meta["encoder_spec"], meta.get("predictor_spec")
@@ -151,7 +157,7 @@ def read_imagejepa(path: Path, num_heads: int | None = None) -> ModelBundle:
         heads = m.pred_heads or spec["num_heads"]
         pred_spec = {"pred_dim": m.pred_dim, "depth": m.pred_depth, "num_heads": heads, "mlp_ratio": 4.0}
     source = {"format": "imagejepa", "path": str(folder), "step": meta.get("step"),
-              "epoch": meta.get("epoch")}
+              "epoch": meta.get("epoch"), **({"method": method} if method != "ijepa" else {})}
     source.update({k: v for k, v in meta.get("source", {}).items() if k not in source})
     return ModelBundle(spec, states, tuple(meta["mean"]), tuple(meta["std"]), pred_spec, source)
 

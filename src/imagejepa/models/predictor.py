@@ -16,7 +16,9 @@ from .vit import gather_tokens
 
 
 class Predictor(nn.Module):
-    """``forward(context (B, Kc, D), context_idx (B, Kc), target_idx (B, T, Kt)) -> (B, T, Kt, D)``."""
+    """``forward(context (B, Kc, D), context_idx (B, Kc), target_idx (B, T, Kt)) -> (B, T, Kt, O)``,
+    ``O = out_dim`` (default ``D``: representations; the pixels of a patch for MAE's decoder
+    and the pixel-target ablation)."""
 
     def __init__(
         self,
@@ -27,9 +29,11 @@ class Predictor(nn.Module):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         use_sdpa: bool = True,
+        out_dim: int | None = None,
     ):
         super().__init__()
         self.embed_dim = embed_dim
+        self.out_dim = out_dim or embed_dim
         self.pred_dim = pred_dim
         self.predictor_embed = nn.Linear(embed_dim, pred_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim))
@@ -39,7 +43,7 @@ class Predictor(nn.Module):
             for _ in range(depth)
         )
         self.predictor_norm = nn.LayerNorm(pred_dim, eps=LAYER_NORM_EPS)
-        self.predictor_proj = nn.Linear(pred_dim, embed_dim)
+        self.predictor_proj = nn.Linear(pred_dim, self.out_dim)
         self.set_grid(grid)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -67,4 +71,4 @@ class Predictor(nn.Module):
         # context tokens' keys and values are still used). Same values, a fraction of the work.
         x = run_block(self.predictor_blocks[-1], x, self.checkpoint_blocks, queries_from=Kc)
         x = self.predictor_norm(x)
-        return self.predictor_proj(x).reshape(B, T, Kt, self.embed_dim)
+        return self.predictor_proj(x).reshape(B, T, Kt, self.out_dim)

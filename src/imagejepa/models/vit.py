@@ -156,9 +156,21 @@ class Encoder(nn.Module):
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W) -> (B, N, D)``: patch tokens plus positions, before any block."""
-        if tuple(images.shape[-2:]) != self.img_size:
+    def embed_patches(self, images: torch.Tensor, any_size: bool = False) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, N, D)``: patch tokens plus positions, before any block.
+
+        ``any_size``: images of another size than the encoder's (DINO's local crops) get the
+        sin-cos positions of their own grid, or the learned table resampled to it."""
+        size = tuple(images.shape[-2:])
+        if any_size and size != self.img_size:
+            p = self.patch_size
+            grid = (size[0] // p, size[1] // p)
+            if self.pos_kind == "sincos":
+                pos = sincos_2d(self.embed_dim, *grid)[None].to(images.device)
+            else:
+                pos = resample_grid(self.pos_embed, self.pos_grid, grid)
+            return self.patch_embed(images) + pos.to(images.dtype)
+        if size != self.img_size:
             raise ValueError(
                 f"expected images of size {self.img_size}, got {tuple(images.shape[-2:])}; "
                 "call set_img_size() to run at another resolution"
@@ -166,7 +178,8 @@ class Encoder(nn.Module):
         return self.patch_embed(images) + self.position_embedding().to(images.dtype)
 
     def forward(
-        self, images: torch.Tensor, keep: torch.Tensor | None = None, *, out_layers: int = 1
+        self, images: torch.Tensor, keep: torch.Tensor | None = None, *, out_layers: int = 1,
+        any_size: bool = False,
     ) -> torch.Tensor:
         """Tokens after the final norm: ``(B, K, D)`` (``keep`` given) or ``(B, N, D)``.
 
@@ -175,7 +188,7 @@ class Encoder(nn.Module):
         """
         if not 1 <= out_layers <= self.depth:
             raise ValueError(f"out_layers must be within [1, depth={self.depth}], got {out_layers}")
-        x = self.embed_patches(images)
+        x = self.embed_patches(images, any_size)
         if keep is not None:
             x = gather_tokens(x, keep)
         outs = []

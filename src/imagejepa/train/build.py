@@ -5,15 +5,15 @@ is read or the model built."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from ..config import Config, ConfigError, check_batch_split, mask_settings
-from ..data import TrainLoader, TrainTransform, build_dataset, channel_stats, check_data_path
+from ..config import Config, ConfigError, check_batch_split
+from ..data import TrainLoader, build_dataset, channel_stats, check_data_path
 from ..distributed import Processes
-from ..jepa import IJEPA, build_ijepa
-from ..masking import MultiBlockMaskSampler
+from ..methods import Method, build_method
 from . import budget
 from .optim import build_optimizer
 from .schedules import Schedules, schedule_steps
@@ -44,19 +44,28 @@ def build_data(cfg: Config, dataset=None) -> Data:
 
 
 def build_loader(cfg: Config, data: Data, start_step: int, processes: Processes,
-                 device: torch.device) -> TrainLoader:
-    """This rank's part of each global batch, from ``start_step`` on."""
-    transform = TrainTransform(cfg.model.img_size, cfg.model.in_chans, data.mean, data.std,
-                               cfg.data.crop_scale)
+                 device: torch.device, method: Method) -> TrainLoader:
+    """This rank's part of each global batch, from ``start_step`` on, in the views ``method`` takes."""
+    transform = method.views(cfg.model.img_size, cfg.model.in_chans, data.mean, data.std, cfg.data.crop_scale)
     return TrainLoader(data.dataset, transform, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                        num_workers=cfg.data.num_workers, start_step=start_step,
                        pin_memory=device.type == "cuda", on_error=cfg.data.on_error,
                        rank=processes.rank, world_size=processes.world_size)
 
 
-def plan_length(cfg: Config, steps_per_epoch: int) -> tuple[int, Schedules, int]:
+def plan_length(cfg: Config, steps_per_epoch: int, step_flops: float | None = None
+                ) -> tuple[int, Schedules, int]:
     """``(max_steps, schedules, total_steps)``. With a time budget the length is fitted to the
-    measured speed as the run goes (budget.py), from optim.epochs' worth: the most it may give."""
+    measured speed as the run goes (budget.py), from optim.epochs' worth: the most it may give.
+    With a FLOP budget it is ``train.budget_flops`` over ``step_flops``, the FLOPs of one step
+    (counted: the same on any machine)."""
+    if cfg.train.budget_flops is not None:
+        total = int(cfg.train.budget_flops // step_flops)
+        if total < 1:
+            raise ConfigError(f"train.budget_flops={cfg.train.budget_flops:.3g} is less than one step's "
+                              f"{step_flops:.3g} FLOPs")
+        schedules = Schedules.from_config(dataclasses.replace(cfg.optim, total_steps=total), steps_per_epoch)
+        return total, schedules, total
     max_steps = schedule_steps(cfg.optim, steps_per_epoch)
     fits = ()
     if cfg.train.budget_minutes is not None:
@@ -71,15 +80,17 @@ def plan_length(cfg: Config, steps_per_epoch: int) -> tuple[int, Schedules, int]
     return max_steps, schedules, schedules.total_steps if fits else max_steps
 
 
-def build_model(cfg: Config, device: torch.device) -> tuple[IJEPA, MultiBlockMaskSampler]:
-    """Model (same initial weights on every rank: seeded) and the mask sampler."""
+def build_model(cfg: Config, device: torch.device) -> Method:
+    """The method ``method.name`` (same initial weights on every rank: seeded)."""
     torch.manual_seed(cfg.train.seed)
-    model = build_ijepa(cfg).to(device)
+    model = build_method(cfg).to(device)
     if cfg.train.activation_checkpointing:
-        model.encoder.checkpoint_blocks = model.predictor.checkpoint_blocks = True
-    return model, MultiBlockMaskSampler(model.encoder.grid, mask_settings(cfg))
+        for network in model.trained_networks():
+            if hasattr(network, "checkpoint_blocks"):
+                network.checkpoint_blocks = True
+    return model
 
 
-def build_model_optimizer(cfg: Config, model: IJEPA, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over the encoder and predictor (after any sharding: over their shards)."""
-    return build_optimizer(model.encoder, model.predictor, lr=cfg.optim.lr, device=device)
+def build_model_optimizer(cfg: Config, model: Method, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over the networks the method trains (after any sharding: over their shards)."""
+    return build_optimizer(*model.trained_networks(), lr=cfg.optim.lr, device=device)

@@ -92,6 +92,14 @@ class Schedules:
             fits=fits, warmup_fraction=optim.warmup_epochs / optim.epochs, stretch=optim.ipe_scale,
         )
 
+    def warmup_progress(self, step: int) -> float:
+        """How far the learning-rate warm-up is at ``step``: 0 at the start, 1 once it is over."""
+        if self.fits:
+            t, warmup = fitted_progress(step, self.fits) / self.stretch, self.warmup_fraction / self.stretch
+        else:
+            t, warmup = step, self.warmup_steps
+        return 1.0 if warmup <= 0 else min(1.0, t / warmup)
+
     def at(self, step: int) -> tuple[float, float, float]:
         if self.fits:  # in progress units: warm-up over warmup_fraction, the end at 1
             t, total = fitted_progress(step, self.fits) / self.stretch, 1.0

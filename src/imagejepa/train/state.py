@@ -15,18 +15,15 @@ import torch
 from .. import checkpoint as ckpt
 from ..distributed import is_sharded
 
-NETWORKS = ("encoder", "target_encoder", "predictor")
-
-
 def gather_training_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """``(tensors, optimiser state)`` whole, as one process holds them. Sharded (FSDP2), it
     is a collective: every rank calls it and rank 0 receives the tensors (the others, none)."""
     if is_sharded(model):
         from ..distributed.sharded import full_model_state, full_optimizer_state
 
-        tensors = {k: v for k, v in full_model_state(model).items() if k.split(".", 1)[0] in NETWORKS}
+        tensors = {k: v for k, v in full_model_state(model).items() if k.split(".", 1)[0] in model.networks}
         return tensors, full_optimizer_state(model, optimizer)
-    tensors = {f"{name}.{k}": v for name in NETWORKS for k, v in getattr(model, name).state_dict().items()}
+    tensors = {f"{name}.{k}": v for name in model.networks for k, v in getattr(model, name).state_dict().items()}
     return tensors, optimizer.state_dict()
 
 
@@ -73,7 +70,7 @@ def load_training_state(folder: Path, model, optimizer) -> tuple[int, float]:
         load_full_model_state(model, tensors)
         load_full_optimizer_state(model, optimizer, state["optimizer"])
     else:
-        for name in NETWORKS:
+        for name in model.networks:
             getattr(model, name).load_state_dict(ckpt.strip_prefix(tensors, name))
         optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])

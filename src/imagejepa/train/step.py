@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..distributed import Processes, gradient_sync, local_shard, sum_over_ranks
 from ..errors import NonFiniteError
@@ -49,15 +50,22 @@ class StepResult:
     health: torch.Tensor | None = None
 
 
-class TrainStep:
-    """``step(images (b, C, H, W), step, (lr, wd, momentum)) -> StepResult``, ``b`` this
-    rank's part of the global batch; ``read([results]) -> [metrics]``. ``forward`` is the
-    model as trained (DDP-wrapped, compiled); ``model`` the plain one (its optimiser, target
-    encoder and parameters)."""
+def batch_size_of(views) -> int:
+    """The number of images in a batch of views (a tensor ``(b, ...)`` or a tuple of them)."""
+    return tree_flatten(views)[0][0].shape[0]
 
-    def __init__(self, model, forward, optimizer, mask_sampler, seed: int, grad_accum: int,
+
+class TrainStep:
+    """``step(views, step, (lr, wd, momentum)) -> StepResult``, ``views`` this rank's part of
+    the global batch as the method's loader makes it (images ``(b, C, H, W)``, or a tuple of
+    view stacks); ``read([results]) -> [metrics]``. ``forward`` is the model as trained
+    (DDP-wrapped, compiled); ``model`` the plain :class:`~imagejepa.methods.Method` (its
+    optimiser, EMA update and parameters)."""
+
+    def __init__(self, model, forward, optimizer, seed: int, grad_accum: int,
                  device: torch.device, precision: str, processes: Processes, on_nan: str, warn):
-        self.model, self.forward, self.optimizer, self.mask_sampler = model, forward, optimizer, mask_sampler
+        self.model, self.forward, self.optimizer = model, forward, optimizer
+        self.mask_sampler = model.mask_sampler()
         self.seed, self.grad_accum, self.device, self.precision = seed, grad_accum, device, precision
         self.processes, self.on_nan, self.warn = processes, on_nan, warn
         self.skipped_in_a_row = 0
@@ -67,19 +75,21 @@ class TrainStep:
             ("anti_collapse",) if model.anti_collapse != "none" else ())
         self.last_checkpoint = None  # named in the message of a non-finite stop
 
-    def masks(self, step: int, batch_size: int) -> Masks:
-        """The masks of the whole global batch of ``step``: ``context (B, Kc)``, ``targets (B, T, Kt)``."""
+    def masks(self, step: int, batch_size: int) -> Masks | None:
+        """The masks of the whole global batch of ``step``: ``context (B, Kc)``, ``targets (B, T, Kt)``
+        (``None`` for a method without masks)."""
+        if self.mask_sampler is None:
+            return None
         g = torch.Generator().manual_seed(mix_seed(self.seed, step, MASK_STREAM))
         return self.mask_sampler(batch_size, g)
 
-    def rank_masks(self, step: int, local_batch: int) -> Masks:
+    def rank_masks(self, step: int, local_batch: int) -> Masks | None:
         """This rank's rows of the global batch's masks."""
         p = self.processes
         masks = self.masks(step, local_batch * p.world_size)
-        rows = slice(p.rank * local_batch, (p.rank + 1) * local_batch)
-        return Masks(masks.context[rows], masks.targets[rows])
+        return None if masks is None else masks.rows(slice(p.rank * local_batch, (p.rank + 1) * local_batch))
 
-    def __call__(self, images: torch.Tensor, step: int, schedule: tuple[float, float, float],
+    def __call__(self, images, step: int, schedule: tuple[float, float, float],
                  watch: bool = False) -> StepResult:
         """Forward and backward over the chunks, then the optimiser and EMA updates; with
         ``watch``, also the health metrics of the last chunk's predictions and targets.
@@ -89,20 +99,22 @@ class TrainStep:
         every rank; :meth:`read` reports it (and with ``train.on_nan: stop`` raises)."""
         lr, wd, momentum = schedule
         set_lr_and_wd(self.optimizer, lr, wd)
-        masks = self.rank_masks(step, images.shape[0])
-        if self.device.type == "cuda":  # pinned: the copies overlap with the device's work
-            masks = Masks(*(m.pin_memory() for m in masks))
-        images = images.to(self.device, non_blocking=True)
-        masks = Masks(*(m.to(self.device, non_blocking=True) for m in masks))
-        accum, n = self.grad_accum, images.shape[0]
+        n = batch_size_of(images)
+        masks = self.rank_masks(step, n)
+        if masks is not None:
+            if self.device.type == "cuda":  # pinned: the copies overlap with the device's work
+                masks = Masks(*(m.pin_memory() for m in masks))
+            masks = masks.to(self.device, non_blocking=True)
+        images = tree_map(lambda t: t.to(self.device, non_blocking=True), images)
+        accum = self.grad_accum
         sums, patches = None, {}
         for chunk in range(accum):
             part = slice(chunk * n // accum, (chunk + 1) * n // accum)
             # Gradients are averaged over ranks in the backward of the last chunk only.
             with gradient_sync(self.forward, enabled=chunk == accum - 1):
                 with autocast(self.device, self.precision):
-                    chunk_masks = Masks(masks.context[part], masks.targets[part])
-                    loss, metrics = self.forward(images[part], chunk_masks)
+                    chunk_masks = None if masks is None else masks.rows(part)
+                    loss, metrics = self.forward(tree_map(lambda t: t[part], images), chunk_masks)
                 (loss / accum).backward()
             # The loss column is the prediction loss; a step whose loss (with any term against
             # collapse) is not finite shows that value instead, and is skipped or stops the run.
@@ -110,7 +122,7 @@ class TrainStep:
             rest = (metrics[name].float() for name in self.averaged[1:])
             chunk_values = torch.stack([logged.float(), *rest])
             sums = chunk_values if sums is None else sums + chunk_values
-            patches = {k: metrics[k] for k in ("context_patches", "target_patches")}
+            patches = {k: metrics[k] for k in ("context_patches", "target_patches") if k in metrics}
         health = None
         if watch:  # the last chunk's features, before the update (what the loss saw)
             h = health_metrics(metrics["predicted"], metrics["target"], self.model.loss_name)

@@ -52,7 +52,8 @@ from .preempt import Preempted, StopSignals
 from .recipe import resolve_recipe
 from .schedules import Schedules
 from .state import find_resume_point, gather_training_state, load_training_state, save_training_state
-from .step import StepResult, TrainStep
+from .flops import step_flops
+from .step import MASK_STREAM, StepResult, TrainStep, batch_size_of
 from .watch import RunWatch
 
 __all__ = ["NonFiniteError", "Trainer"]
@@ -90,14 +91,21 @@ class Trainer:
         data = build_data(cfg, dataset)
         self.dataset, self.mean, self.std = data.dataset, data.mean, data.std
         self.steps_per_epoch = data.steps_per_epoch
-        self.max_steps, self.schedules, self.total_steps = plan_length(cfg, self.steps_per_epoch)
         self.train_seconds = 0.0  # training time of the run so far, earlier processes included
 
-        self.model, masks = build_model(cfg, self.device)
+        self.model = build_model(cfg, self.device)
+        self.views = self.model.views(cfg.model.img_size, cfg.model.in_chans, self.mean, self.std,
+                                      cfg.data.crop_scale)
+        # FLOPs of one step, counted on the model before any sharding (the same on N processes),
+        # for a budget in FLOPs (a second or so: not counted otherwise).
+        self.step_flops = None if cfg.train.budget_flops is None else step_flops(
+            self.model, self._one_view(), cfg.data.batch_size, cfg.train.seed, MASK_STREAM)
+        self.max_steps, self.schedules, self.total_steps = plan_length(cfg, self.steps_per_epoch,
+                                                                       self.step_flops)
         trained = wrap_data_parallel(self.model, processes, self.device, cfg.dist.strategy, self.precision)
         self.optimizer = build_model_optimizer(cfg, self.model, self.device)  # after any sharding
         forward = torch.compile(trained, dynamic=True) if cfg.train.compile else trained
-        self.stepper = TrainStep(self.model, forward, self.optimizer, masks, cfg.train.seed,
+        self.stepper = TrainStep(self.model, forward, self.optimizer, cfg.train.seed,
                                  cfg.optim.grad_accum, self.device, self.precision, processes,
                                  cfg.train.on_nan, warn)
         self.watch = RunWatch(cfg, self.dataset, self.mean, self.std, self.device, self.precision, processes)
@@ -108,7 +116,12 @@ class Trainer:
         self.bad_files: dict[str, str] = {}  # path -> reason, each reported once
         if resume:
             self._resume(fallback)
-        self.loader = build_loader(cfg, data, self.step, processes, self.device)
+        self.loader = build_loader(cfg, data, self.step, processes, self.device, self.model)
+
+    def _one_view(self):
+        """One training sample as the loader makes it (for its shapes)."""
+        image, _ = self.dataset.load(0)
+        return self.views(image, torch.Generator().manual_seed(0))
 
     def warn(self, message: str) -> None:
         """A warning line, above the progress bar while one is shown."""
@@ -141,10 +154,11 @@ class Trainer:
         """The masks of a global batch of ``batch_size`` at ``step``."""
         return self.stepper.masks(step, batch_size)
 
-    def train_step(self, images: torch.Tensor, step: int) -> StepResult:
-        """One optimiser step on this rank's part ``(b, C, H, W)`` of the global batch; its
-        metrics stay on the device until :meth:`TrainStep.read`. On the steps that watch the
-        representation (``monitor.every``) with the health metrics too."""
+    def train_step(self, images, step: int) -> StepResult:
+        """One optimiser step on this rank's part ``(b, C, H, W)`` of the global batch (or of
+        the method's views); its metrics stay on the device until :meth:`TrainStep.read`. On
+        the steps that watch the representation (``monitor.every``) with the health metrics too."""
+        self.model.begin_step(self.schedules.warmup_progress(step))
         return self.stepper(images, step, self.schedules.at(step), self.watch.health_due(step))
 
     def _note_skipped_files(self, skipped: list[tuple[str, str]]) -> None:
@@ -200,8 +214,12 @@ class Trainer:
                                        self.schedules.fits, self.train_seconds)
             length = (f"steps {self.step} -> the schedule's end, fitted to {cfg.budget_minutes:g} min of "
                       f"training (at most {self.max_steps})")
+        if cfg.budget_flops is not None:
+            length += (f", fitted to {cfg.budget_flops:.3g} FLOPs of training "
+                       f"({self.step_flops / 1e9:.3g} GFLOPs per step)")
+        method = "" if self.model.name == "ijepa" else f"{self.model.name} "
         self.log(
-            f"imagejepa: {self.cfg.model.arch}/{self.cfg.model.patch_size} on "
+            f"imagejepa: {method}{self.cfg.model.arch}/{self.cfg.model.patch_size} on "
             f"{self.cfg.data.dataset} ({len(self.dataset)} images), {self._where()} {self.precision}, "
             f"{self._batch()}, {length}, run dir {self.run_dir}"
         )
@@ -217,7 +235,7 @@ class Trainer:
                    dynamic_ncols=True, mininterval=1.0, disable=not main)
         self._bar = bar if main else None
         # The bar is closed before any error propagates, so an error message is the last line.
-        columns = metric_columns(self.cfg.mask.num_targets, self.cfg.optim.anti_collapse != "none")
+        columns = metric_columns(self.model.blocks, self.model.anti_collapse != "none")
         with (MetricsLog(self.run_dir / "metrics.csv", self.step, columns, writes=main) as metrics, bar,
               contextlib.closing(self.watch), contextlib.closing(iter(self.loader)) as batches):
             while self.step < stop:
@@ -227,11 +245,12 @@ class Trainer:
                     self._note_skipped_files(skipped)
                 result = self.train_step(images, self.step)
                 now = time.perf_counter()
-                if self.step == first_step:
-                    self.watch.picture_masks(images, self.stepper.rank_masks(self.step, images.shape[0]),
-                                             self.model.encoder.grid, self.cfg.model.patch_size, self.step)
+                masks = self.stepper.rank_masks(self.step, batch_size_of(images))
+                if self.step == first_step and masks is not None:
+                    self.watch.picture_masks(images, masks, self.model.encoder.grid,
+                                             self.cfg.model.patch_size, self.step)
                 if self.watch.knn_due(self.step, stop):
-                    result.host["knn_top1"] = self.watch.knn(self.model.target_encoder, self.step,
+                    result.host["knn_top1"] = self.watch.knn(self.model.evaluated_encoder, self.step,
                                                              is_sharded(self.model))
                 agreed = agree_after_step(self.processes, signals.received is not None,
                                           now - start_time, len(skipped))
@@ -382,6 +401,8 @@ class Trainer:
             "mean": list(self.mean),
             "std": list(self.std),
             "precision": self.precision,
+            "method": self.model.name,
+            **({"train_flops": self.step * self.step_flops} if self.step_flops else {}),
         }
 
     def _resume(self, fallback: bool) -> None:

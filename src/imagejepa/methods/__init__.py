@@ -1,0 +1,40 @@
+"""What the trainer trains, behind one seam (:class:`~imagejepa.methods.base.Method`).
+
+- ``ijepa``: the paper (:mod:`imagejepa.jepa`);
+- ``mae``: masked autoencoder, He et al. 2022 (:mod:`.pixels`);
+- ``ijepa_pixels``: the paper's ablation, I-JEPA predicting pixels (:mod:`.pixels`);
+- ``dino``: self-distillation with multi-crop, Caron et al. 2021 (:mod:`.dino`).
+
+Each says what to build, the views its loader makes, the loss of a batch, the update after
+a step and the encoder its probes read; the training loop knows none of them by name.
+"""
+
+from __future__ import annotations
+
+from .base import Method
+
+METHODS = ("ijepa", "mae", "dino", "ijepa_pixels")
+# The network each method's probes read (a checkpoint's "target" encoder for eval and embed).
+EVALUATED = {"ijepa": "target_encoder", "ijepa_pixels": "target_encoder", "dino": "target_encoder",
+             "mae": "encoder"}
+
+__all__ = ["EVALUATED", "METHODS", "Method", "build_method"]
+
+
+def build_method(cfg) -> Method:
+    """The method ``cfg.method.name`` of a :class:`~imagejepa.config.Config`, freshly initialised
+    (from the global RNG: seed it first)."""
+    name = cfg.method.name
+    if name == "ijepa":
+        from ..jepa import build_ijepa
+
+        return build_ijepa(cfg)
+    if name in ("mae", "ijepa_pixels"):
+        from .pixels import build_mae, build_ijepa_pixels
+
+        return build_mae(cfg) if name == "mae" else build_ijepa_pixels(cfg)
+    if name == "dino":
+        from .dino import build_dino
+
+        return build_dino(cfg)
+    raise ValueError(f"method.name: unknown {name!r}; allowed: {', '.join(METHODS)}")

@@ -1,0 +1,73 @@
+"""The seam between the training loop and a self-supervised method.
+
+A method is an ``nn.Module`` whose sub-networks are named in ``networks`` (what a checkpoint
+holds, ``name.`` prefixed), and which says
+
+- what its loader makes: :meth:`views` (a transform from a uint8 image and a generator to
+  one view ``(C, S, S)`` or a tuple of view stacks) and :meth:`mask_sampler` (the masks the
+  step draws for each global batch, or ``None``);
+- the loss of a batch: ``forward(views, masks) -> (loss, metrics)``, ``metrics`` holding
+  ``pred_loss``, ``target_std``, ``pred_std`` and, for the monitor, ``predicted`` and
+  ``target`` features ``(B, T, K, D)`` (detached; ``T = blocks``);
+- the update after a step: :meth:`update_target` (exponential moving averages of the pairs
+  in ``ema_pairs``; nothing for a method without a teacher);
+- which network the probes read: ``evaluated``.
+
+The trainer, its checkpoints, DDP and FSDP2 go through these names only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.transforms import TrainTransform
+from ..distributed import local_shard
+
+
+class Method(nn.Module):
+    name: str = ""
+    networks: tuple[str, ...] = ()  # every sub-network a checkpoint holds
+    trained: tuple[str, ...] = ()  # those the optimiser updates
+    ema_pairs: tuple[tuple[str, str], ...] = ()  # (follower, followed) moved by the EMA
+    evaluated: str = "encoder"  # the network the probes read
+    blocks: int = 1  # T of the ``predicted`` / ``target`` metrics (loss_block1..T columns)
+    loss_name: str = "l2"  # how the monitor compares ``predicted`` with ``target``
+    anti_collapse: str = "none"
+
+    @property
+    def evaluated_encoder(self) -> nn.Module:
+        return getattr(self, self.evaluated)
+
+    def trained_networks(self) -> list[nn.Module]:
+        return [getattr(self, name) for name in self.trained]
+
+    def views(self, size: int, in_chans: int, mean, std, crop_scale=(0.3, 1.0)):
+        """The loader's transform: one random crop per image (I-JEPA's and MAE's)."""
+        return TrainTransform(size, in_chans, mean, std, crop_scale)
+
+    def mask_sampler(self):
+        """``sampler(batch_size, generator) -> Masks`` for a global batch, or ``None``."""
+        return None
+
+    def begin_step(self, warmup_progress: float) -> None:
+        """Told before each step how far the learning-rate warm-up is (0 to 1)."""
+
+    @torch.no_grad()
+    def update_target(self, momentum: float, moving: torch.Tensor | None = None) -> None:
+        """``follower = momentum * follower + (1 - momentum) * followed`` for each EMA pair
+        (one foreach lerp).
+
+        ``moving``: a boolean on the device; where false (a skipped step) nothing moves,
+        decided without reading the flag back. Sharded by FSDP2, both networks of a pair are
+        sharded alike, so each rank updates its own shards, with no communication."""
+        if not self.ema_pairs:
+            return
+        target = [local_shard(p) for follower, _ in self.ema_pairs
+                  for p in getattr(self, follower).parameters()]
+        online = [local_shard(p) for _, followed in self.ema_pairs
+                  for p in getattr(self, followed).parameters()]
+        weight = 1.0 - momentum
+        if moving is not None:
+            weight = moving.to(target[0].dtype) * weight
+        torch._foreach_lerp_(target, online, weight)
