@@ -73,7 +73,7 @@ LAYERS = [
     ("imagejepa.errors", "imagejepa.utils"),
     ("imagejepa.models", "imagejepa.masking", "imagejepa.data"),
     ("imagejepa.config", "imagejepa.official_config", "imagejepa.runtime", "imagejepa.distributed"),
-    ("imagejepa.anti_collapse", "imagejepa.jepa", "imagejepa.checkpoint"),
+    ("imagejepa.anti_collapse", "imagejepa.jepa", "imagejepa.methods", "imagejepa.checkpoint"),
     ("imagejepa.train", "imagejepa.eval", "imagejepa.interop", "imagejepa.monitor", "imagejepa.decoder"),
     ("imagejepa.bench", "imagejepa.viz"),
     ("imagejepa.cli", "imagejepa.__main__", "imagejepa"),

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 import torch
@@ -113,3 +114,37 @@ def test_activation_checkpointing_trains_the_same(tmp_path):
         return count[0]
 
     assert saved_tensors(recomputed) < saved_tensors(plain) / 2
+
+
+def test_a_flop_budget_fits_the_same_schedule_on_a_busy_machine_and_resumes_exactly(tmp_path):
+    """train.budget_flops: the length is the budget over the FLOPs of a step, counted on the
+    model (not timed), so two busy processes beside it change nothing; 6 steps and a resume
+    to the schedule's end equal the run straight through."""
+    import subprocess
+    import sys
+
+    fast = ("monitor.knn_every=0", "train.checkpoint_every_steps=null")
+    probe = Trainer(tiny_config("train.budget_flops=1e15", *fast), tmp_path / "probe", log=quiet)
+    budget = 10.5 * probe.step_flops
+    assert probe.step_flops > 1e6
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        busy = Trainer(tiny_config(f"train.budget_flops={budget}", *fast), tmp_path / "busy", log=quiet)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    straight = Trainer(tiny_config(f"train.budget_flops={budget}", *fast), tmp_path / "straight", log=quiet)
+    assert busy.total_steps == straight.total_steps == 10
+    assert busy.schedules == straight.schedules and busy.step_flops == straight.step_flops
+    straight.fit()
+    Trainer(tiny_config(f"train.budget_flops={budget}", "train.max_steps=6", *fast), tmp_path / "split",
+            log=quiet).fit()
+    resumed = Trainer(tiny_config(f"train.budget_flops={budget}", *fast), tmp_path / "split", resume=True,
+                      log=quiet)
+    resumed.fit()
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert len(a) == len(b) == 10
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-6
+    meta = json.loads((latest_checkpoint(tmp_path / "split") / "meta.json").read_text())
+    assert meta["train_flops"] == pytest.approx(10 * probe.step_flops)

@@ -20,6 +20,8 @@ parts of the batch, which is what a K-times smaller batch would see.)
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -56,8 +58,11 @@ def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
 def variance_covariance(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(variance term, covariance term)`` of ``tokens (..., D)`` (layer-normed here, without
     affine, in float32), over every token of the global batch."""
-    # float32 under any autocast: a bf16 z.T @ z loses the covariance to cancellation.
-    with torch.autocast(tokens.device.type, enabled=False):
+    # float32 under any autocast: a bf16 z.T @ z loses the covariance to cancellation. (No
+    # autocast exists for 'meta', where FLOPs are counted on shapes alone.)
+    off = contextlib.nullcontext() if tokens.device.type == "meta" else torch.autocast(tokens.device.type,
+                                                                                       enabled=False)
+    with off:
         return _terms(F.layer_norm(tokens.float(), tokens.shape[-1:]).reshape(-1, tokens.shape[-1]))
 
 

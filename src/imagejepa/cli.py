@@ -174,6 +174,15 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--device", default="auto")
     be.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
 
+    bc = b_sub.add_parser("claims", help="the paper's comparisons by compute: I-JEPA, MAE, DINO and "
+                          "I-JEPA on pixels at equal FLOPs, probed on Fashion-MNIST and rendered scenes")
+    bc.add_argument("--quick", action="store_true", help="every method on both datasets at a small budget "
+                    "on data subsets (under 15 minutes on 2 cores)")
+    bc.add_argument("--out", help="results folder (default: runs/claims, or runs/claims-quick); "
+                    "cells already there are not run again")
+    bc.add_argument("--only", metavar="TEXT", help="run only the cells whose key contains TEXT "
+                    "(e.g. scenes, mae, mid-s0); the summary covers every cell done")
+
     conv = sub.add_parser("convert", help="convert between official I-JEPA, imagejepa, HF and timm")
     conv.add_argument("src", help="official .pth.tar, imagejepa checkpoint or run folder, HF or timm folder")
     conv.add_argument("dst", help="output folder (imagejepa, hf, timm) or file (official); must not exist")
@@ -420,6 +429,15 @@ def cmd_bench(args) -> None:
             raise UsageError(f"--model {args.model}: 224 is not divisible by the patch size {patch}")
         _print_json(bench_train(args.steps, args.warmup, args.device, args.precision, args.batch_size,
                                 arch, patch))
+    elif args.what == "claims":
+        from .bench.claims import run_claims
+
+        out = args.out or ("runs/claims-quick" if args.quick else "runs/claims")
+        summary = run_claims(Path(out), quick=args.quick, only=args.only)
+        _print_json({"out": out, "cells": [{"key": r["key"], "method": r["method"], "dataset": r["dataset"],
+                                            "flops": r["flops"], "steps": r["steps"], **r["probes"]}
+                                           for r in summary["cells"]],
+                     "baselines": summary["baselines"], "pending": summary["pending"]})
     elif args.what == "data":
         from .bench.data import bench_data
         from .data import check_data_path

@@ -496,7 +496,8 @@ def validate(cfg: Config) -> None:
 
 def _validate_method(me: MethodConfig) -> None:
     _require(0 < me.mask_ratio < 1, f"method.mask_ratio must be within (0, 1), got {me.mask_ratio}")
-    for key in ("decoder_dim", "decoder_depth", "decoder_heads", "head_hidden", "head_bottleneck", "head_out"):
+    sizes = ("decoder_dim", "decoder_depth", "decoder_heads", "head_hidden", "head_bottleneck", "head_out")
+    for key in sizes:
         _require(getattr(me, key) >= 1, f"method.{key} must be >= 1, got {getattr(me, key)}")
     _require(me.decoder_dim % 4 == 0 and me.decoder_dim % me.decoder_heads == 0,
              f"method.decoder_dim={me.decoder_dim} must be divisible by 4 and by method.decoder_heads="

@@ -16,7 +16,6 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .anti_collapse import KINDS as ANTI_COLLAPSE_KINDS
 from .anti_collapse import variance_covariance

@@ -30,18 +30,20 @@ def parse_data_spec(spec: str) -> DataSpec:
     if kind not in KINDS:
         raise ConfigError(
             f"data spec {spec!r}: unknown dataset {kind!r}; allowed: "
-            "fashion-mnist[:DIR], imagefolder:PATH, webdataset:PATTERN, synthetic, scenes:count, scenes:dist"
+            "fashion-mnist[:DIR][,train=N,test=M], imagefolder:PATH, webdataset:PATTERN, synthetic, "
+            "scenes:count, scenes:dist"
         )
     if kind == "imagefolder" and not arg:
         raise ConfigError("data spec 'imagefolder' needs a folder: imagefolder:PATH")
     if kind == "webdataset" and not arg:
         raise ConfigError("data spec 'webdataset' needs the shards, e.g. "
                           "webdataset:/data/shard-{000000..000009}.tar")
-    if kind == "scenes":
-        from .scenes import parse_options
+    if kind in ("scenes", "fashion-mnist"):
+        from .fashion_mnist import parse_options as fashion_options
+        from .scenes import parse_options as scene_options
 
         try:
-            parse_options(arg or "")
+            scene_options(arg or "") if kind == "scenes" else fashion_options(arg)
         except ValueError as e:
             raise ConfigError(f"data spec {spec!r}: {e}") from None
     if kind == "synthetic" and arg:
@@ -60,6 +62,10 @@ def check_data_path(spec: str) -> None:
         return
     if kind == "scenes":
         return
+    if kind == "fashion-mnist":
+        from .fashion_mnist import parse_options
+
+        arg = parse_options(arg)[0]
     if arg is not None and not Path(arg).is_dir():
         what = "image folder" if kind == "imagefolder" else "Fashion-MNIST folder"
         raise ConfigError(f"data.dataset={spec!r}: {what} not found: {arg}")

@@ -2,7 +2,9 @@
 
 Looked up, in order: the folder in the data spec (``fashion-mnist:DIR``), ``$IMAGEJEPA_DATA``,
 and ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
-Plain and gzipped IDX files are both read.
+Plain and gzipped IDX files are both read. ``fashion-mnist:train=N,test=M`` (after the
+folder, if any: ``fashion-mnist:DIR,train=N``) keeps the first N training and M test images
+(a quick benchmark's subsets).
 """
 
 from __future__ import annotations
@@ -68,8 +70,26 @@ def locate(explicit: str | None, train: bool) -> tuple[Path, Path] | None:
     return None
 
 
-def load_fashion_mnist(folder: str | None = None, train: bool = True) -> TensorImageDataset:
-    """The train (60k) or test (10k) split as uint8 ``(N, 1, 28, 28)`` images with labels."""
+def parse_options(arg: str | None) -> tuple[str | None, dict[str, int]]:
+    """``"DIR,train=N,test=M"`` -> ``(DIR or None, {"train": N, "test": M})``; ValueError if bad."""
+    folder, sizes = None, {}
+    for item in (arg or "").split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            if item and folder is not None:
+                raise ValueError(f"two folders given: {folder!r} and {item!r}")
+            folder = item or folder
+            continue
+        if key not in ("train", "test") or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"option {item!r}: allowed: train=N, test=M (N, M >= 1)")
+        sizes[key] = int(value)
+    return folder, sizes
+
+
+def load_fashion_mnist(spec_arg: str | None = None, train: bool = True) -> TensorImageDataset:
+    """The train (60k) or test (10k) split as uint8 ``(N, 1, 28, 28)`` images with labels
+    (``spec_arg``: the data spec's folder and options, see the module docstring)."""
+    folder, sizes = parse_options(spec_arg)
     paths = locate(folder, train)
     if paths is None:  # nothing is downloaded at run time: say where to get the files
         searched = ", ".join(str(d) for d in candidate_dirs(folder))
@@ -79,6 +99,7 @@ def load_fashion_mnist(folder: str | None = None, train: bool = True) -> TensorI
             "a folder and use --data fashion-mnist:DIR or IMAGEJEPA_DATA=DIR"
         )
     images, labels = read_idx(paths[0]), read_idx(paths[1])
-    images = torch.from_numpy(np.array(images))[:, None]
-    labels = torch.from_numpy(np.array(labels, dtype=np.int64))
+    keep = sizes.get("train" if train else "test")
+    images = torch.from_numpy(np.array(images[:keep]))[:, None]
+    labels = torch.from_numpy(np.array(labels[:keep], dtype=np.int64))
     return TensorImageDataset(images, labels, CLASSES, MEAN, STD)

@@ -30,7 +30,7 @@ def build_method(cfg) -> Method:
 
         return build_ijepa(cfg)
     if name in ("mae", "ijepa_pixels"):
-        from .pixels import build_mae, build_ijepa_pixels
+        from .pixels import build_ijepa_pixels, build_mae
 
         return build_mae(cfg) if name == "mae" else build_ijepa_pixels(cfg)
     if name == "dino":

@@ -53,12 +53,13 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
     """``student (B, V, K)`` logits of V views (the G global ones first), ``teacher (B, G, K)``
     logits, ``center (K,)``: the cross-entropy of each student view against each teacher view
     of the same image but another view, averaged over pairs and images."""
-    G, V = teacher.shape[1], student.shape[1]
+    B, G, V = teacher.shape[0], teacher.shape[1], student.shape[1]
     targets = F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
     log_probs = F.log_softmax(student.float() / student_temp, dim=-1)
     cross = -torch.einsum("bgk,bvk->bgv", targets, log_probs)  # (B, G, V)
-    different = ~torch.eye(G, V, dtype=torch.bool, device=cross.device)
-    return cross[:, different].mean()
+    # Pairs of different views: a weighted sum, not a boolean index (which reads back the mask).
+    different = 1 - torch.eye(G, V, dtype=cross.dtype, device=cross.device)
+    return (cross * different).sum() / (B * (G * V - min(G, V)))
 
 
 class DINO(Method):

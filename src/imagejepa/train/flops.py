@@ -7,8 +7,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..masking import Masks
 from ..utils.seeds import mix_seed

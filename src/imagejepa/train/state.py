@@ -15,6 +15,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..distributed import is_sharded
 
+
 def gather_training_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """``(tensors, optimiser state)`` whole, as one process holds them. Sharded (FSDP2), it
     is a collective: every rank calls it and rank 0 receives the tensors (the others, none)."""
@@ -23,7 +24,8 @@ def gather_training_state(model, optimizer) -> tuple[dict[str, torch.Tensor], di
 
         tensors = {k: v for k, v in full_model_state(model).items() if k.split(".", 1)[0] in model.networks}
         return tensors, full_optimizer_state(model, optimizer)
-    tensors = {f"{name}.{k}": v for name in model.networks for k, v in getattr(model, name).state_dict().items()}
+    tensors = {f"{name}.{k}": v for name in model.networks
+               for k, v in getattr(model, name).state_dict().items()}
     return tensors, optimizer.state_dict()
 
 

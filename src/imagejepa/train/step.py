@@ -114,7 +114,7 @@ class TrainStep:
             with gradient_sync(self.forward, enabled=chunk == accum - 1):
                 with autocast(self.device, self.precision):
                     chunk_masks = None if masks is None else masks.rows(part)
-                    loss, metrics = self.forward(tree_map(lambda t: t[part], images), chunk_masks)
+                    loss, metrics = self.forward(tree_map(lambda t, rows=part: t[rows], images), chunk_masks)
                 (loss / accum).backward()
             # The loss column is the prediction loss; a step whose loss (with any term against
             # collapse) is not finite shows that value instead, and is skipped or stops the run.

@@ -47,12 +47,12 @@ from ..runtime import resolve_device, resolve_precision
 from ..utils.files import atomic_write_text
 from . import budget
 from .build import build_data, build_loader, build_model, build_model_optimizer, check_startable, plan_length
+from .flops import step_flops
 from .metrics_log import MetricsLog, metric_columns
 from .preempt import Preempted, StopSignals
 from .recipe import resolve_recipe
 from .schedules import Schedules
 from .state import find_resume_point, gather_training_state, load_training_state, save_training_state
-from .flops import step_flops
 from .step import MASK_STREAM, StepResult, TrainStep, batch_size_of
 from .watch import RunWatch
 
