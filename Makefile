@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data chromium demo test test-fast test-avx2 bench bench-quality bench-robust lint clean
+.PHONY: install data chromium demo test test-fast test-avx2 bench bench-quality bench-robust bench-claims lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench-quality: install data
 
 # The default recipe (recipe: auto) on five datasets of different sizes and kinds, each with a
 # fixed budget (about 40 minutes in all on 2 cores); results in runs/robust/robustness.json.
+# The paper's comparisons by compute (bench/claims.py): every cell is cached in runs/claims, so
+# an interrupted run continues where it stopped (about 4 hours on 2 cores for the whole grid).
+bench-claims: install data
+	$(VENV)/bin/imagejepa bench claims --out runs/claims
+
 bench-robust: install data
 	$(PY) -m pip install --quiet -e '.[bench]'
 	rm -rf runs/robust/fmnist-* runs/robust/digits runs/robust/shapes

@@ -57,6 +57,12 @@ def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
     code = main(pretrain_args(run, "train.max_steps=4", "model.depth=2") + ["--resume"])
     assert code == 2
     assert "model.depth" in capsys.readouterr().err
+    # another method (or its settings), or another FLOP budget, is another run too
+    code = main(pretrain_args(run, "train.max_steps=4", "method.name=mae", "train.budget_flops=1e12")
+                + ["--resume"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "method.name" in err and "train.budget_flops" in err
 
 
 @pytest.mark.parametrize(
@@ -65,6 +71,9 @@ def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
         ("model.foo=1", "unknown config key 'model.foo'"),
         ("model.img_size=30", "not divisible by model.patch_size"),
         ("optim.loss=l1", "allowed: smooth_l1, l2"),
+        ("method.name=simclr", "method.name: got 'simclr'; allowed: ijepa, mae, dino, ijepa_pixels"),
+        ("method.mask_ratio=1.5", "method.mask_ratio must be within (0, 1)"),
+        ("train.budget_flops=-1", "train.budget_flops must be a finite number > 0"),
         ("data.batch_size=abc", "data.batch_size: expected int"),
         ("data.dataset=imagefolder:/does/not/exist", "image folder not found"),
     ],

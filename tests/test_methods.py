@@ -17,7 +17,7 @@ from imagejepa.config import load_config
 from imagejepa.interop.loading import load_encoder
 from imagejepa.masking import RandomMaskSampler
 from imagejepa.methods import build_method
-from imagejepa.methods.dino import dino_loss
+from imagejepa.methods.dino import dino_loss, standardise
 from imagejepa.methods.pixels import patch_pixels
 from imagejepa.models import gather_tokens
 from imagejepa.train.trainer import Trainer
@@ -37,9 +37,11 @@ def method_config(name: str, *extra: str):
 
 
 @pytest.mark.parametrize("name", BASELINES)
-def test_each_method_resumes_exactly(tmp_path, name):
+def test_each_method_resumes_exactly_and_its_checkpoint_is_read_by_eval_embed_and_convert(
+        tmp_path, capsys, name):
     """6 steps, then 4 more after --resume, equal 10 steps straight (losses and every
-    network's weights, fp32, 1e-6)."""
+    network's weights, fp32, 1e-6). The probes, embed and convert read the checkpoint's
+    evaluated encoder (MAE's encoder, DINO's teacher backbone, the ablation's EMA encoder)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     Trainer(method_config(name, "train.max_steps=10"), straight, log=quiet).fit()
     Trainer(method_config(name, "train.max_steps=6"), split, log=quiet).fit()
@@ -58,6 +60,7 @@ def test_each_method_resumes_exactly(tmp_path, name):
     for network in resumed.model.networks:
         before = dict(getattr(fresh, network).named_parameters())
         assert any(not torch.equal(wa[f"{network}.{k}"], before[k]) for k in before), network
+    check_read_by_eval_embed_and_convert(tmp_path, capsys, name, straight)
 
 
 def test_mae_masks_three_quarters_at_random():
@@ -142,6 +145,13 @@ def test_dino_loss_centres_and_sharpens():
     assert sharp.max() > soft.max()
 
 
+def test_dino_head_input_is_standardised_over_the_batch():
+    x = torch.randn(64, 8) * torch.arange(1, 9) + 5.0
+    z = standardise(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.pow(2).mean(0), torch.ones(8), atol=1e-3, rtol=0)
+
+
 def test_dino_centre_is_the_running_mean_of_the_teachers_outputs():
     torch.manual_seed(0)
     model = build_method(method_config("dino"))
@@ -152,7 +162,7 @@ def test_dino_centre_is_the_running_mean_of_the_teachers_outputs():
     assert float(model.teacher_temp) == pytest.approx(0.04)
     loss, _ = model(views)
     with torch.no_grad():
-        teacher = model.target_head(model.target_encoder(views[0].flatten(0, 1)).mean(1))
+        teacher = model.target_head(standardise(model.target_encoder(views[0].flatten(0, 1)).mean(1)))
     model.update_target(0.99, moving=torch.tensor(True))
     torch.testing.assert_close(model.target_head.center, 0.1 * teacher.mean(0), rtol=1e-5, atol=1e-6)
     loss.backward()
@@ -163,10 +173,7 @@ def test_dino_centre_is_the_running_mean_of_the_teachers_outputs():
     torch.testing.assert_close(model.target_head.center, before)
 
 
-@pytest.mark.parametrize("name", BASELINES)
-def test_each_methods_checkpoint_is_read_by_eval_embed_and_convert(tmp_path, capsys, name):
-    run = tmp_path / "run"
-    Trainer(method_config(name, "train.max_steps=2"), run, log=quiet).fit()
+def check_read_by_eval_embed_and_convert(tmp_path, capsys, name, run):
     evaluated = {"mae": "encoder", "dino": "target_encoder", "ijepa_pixels": "target_encoder"}[name]
     tensors = final_tensors(run)
     encoder, _ = load_encoder(run)
@@ -183,5 +190,4 @@ def test_each_methods_checkpoint_is_read_by_eval_embed_and_convert(tmp_path, cap
     back, _ = load_encoder(tmp_path / "hf")
     for k, v in back.state_dict().items():
         torch.testing.assert_close(v, tensors[f"{evaluated}.{k}"])
-    # the predictor is I-JEPA's alone: the decoder of the others is not offered as one
     assert ckpt.load_meta(ckpt.find_checkpoint(run))["method"] == name

@@ -20,11 +20,11 @@ parts of the batch, which is what a K-times smaller batch would see.)
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from .runtime import without_autocast
 
 KINDS = ("none", "vc")
 EPS = 1e-4
@@ -47,7 +47,7 @@ class _SumOverRanks(torch.autograd.Function):
         return total
 
 
-def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """``x`` summed over the ranks; its gradient flows back to every rank's own ``x``."""
     if x.device.type == "meta" or not (dist.is_available() and dist.is_initialized()) \
             or dist.get_world_size() == 1:  # meta: FLOPs counted on shapes alone
@@ -58,11 +58,8 @@ def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
 def variance_covariance(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(variance term, covariance term)`` of ``tokens (..., D)`` (layer-normed here, without
     affine, in float32), over every token of the global batch."""
-    # float32 under any autocast: a bf16 z.T @ z loses the covariance to cancellation. (No
-    # autocast exists for 'meta', where FLOPs are counted on shapes alone.)
-    off = contextlib.nullcontext() if tokens.device.type == "meta" else torch.autocast(tokens.device.type,
-                                                                                       enabled=False)
-    with off:
+    # float32 under any autocast: a bf16 z.T @ z loses the covariance to cancellation.
+    with without_autocast(tokens.device.type):
         return _terms(F.layer_norm(tokens.float(), tokens.shape[-1:]).reshape(-1, tokens.shape[-1]))
 
 
@@ -70,7 +67,7 @@ def _terms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dim = z.shape[1]
     count = torch.tensor([float(z.shape[0])], device=z.device)
     # One all-reduce: the token count, the sum and the (D, D) sum of outer products.
-    moments = _sum_over_ranks(torch.cat([count, z.sum(0), (z.T @ z).flatten()]))
+    moments = sum_over_ranks(torch.cat([count, z.sum(0), (z.T @ z).flatten()]))
     n, total, outer = moments[0], moments[1 : dim + 1], moments[dim + 1 :].view(dim, dim)
     mean = total / n
     cov = (outer - n * torch.outer(mean, mean)) / (n - 1)

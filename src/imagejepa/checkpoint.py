@@ -2,8 +2,9 @@
 
 A checkpoint is a folder ``checkpoints/step_00000020/`` holding
 
-- ``model.safetensors``: encoder, target encoder and predictor (prefixed ``encoder.``,
-  ``target_encoder.``, ``predictor.``), loadable without unpickling anything;
+- ``model.safetensors``: the method's networks, prefixed by their names (I-JEPA's
+  ``encoder.``, ``target_encoder.``, ``predictor.``; MAE's ``decoder.``, DINO's ``head.`` and
+  ``target_head.`` beside its encoders), loadable without unpickling anything;
 - ``train_state.pt``: optimiser state, step and RNG states; tensors and plain types only,
   read back with ``torch.load(weights_only=True)``;
 - ``meta.json``: step, epoch, the resolved config, architecture and normalisation;

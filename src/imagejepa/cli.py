@@ -269,7 +269,7 @@ def _check_fresh(run_dir: Path) -> None:
 
 
 def _check_same_run(cfg, run_dir: Path) -> None:
-    """Resuming with another model, data, mask or optimiser setting would not continue the run.
+    """Resuming with another method, model, data, mask or optimiser setting would not continue the run.
 
     The fits of the schedule's length that the run's time budget made (``optim.schedule_fits``
     in its config.yaml) are taken into ``cfg`` when ``cfg`` has a budget and no fits of its own."""
@@ -285,12 +285,12 @@ def _check_same_run(cfg, run_dir: Path) -> None:
     current = cfg.to_dict()
     changed = [
         f"{section}.{key}"
-        for section in ("model", "mask", "data", "optim")
+        for section in ("method", "model", "mask", "data", "optim")
         for key in current[section]
         if current[section][key] != saved[section].get(key) and f"{section}.{key}" not in RESUME_FREE
     ]
-    if current["train"]["seed"] != saved["train"]["seed"]:
-        changed.append("train.seed")
+    changed += [f"train.{key}" for key in ("seed", "budget_flops")
+                if current["train"][key] != saved["train"][key]]
     if changed:
         raise UsageError(f"--resume: config differs from {saved_path} in {', '.join(changed)}")
 

@@ -61,13 +61,17 @@ class MethodConfig:
     head_hidden: int = 512
     head_bottleneck: int = 128
     head_out: int = 1024
-    local_crops: int = 6
+    local_crops: int = 2  # 2 and 6 tied at equal FLOPs in the search (benchmarks/README.md)
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
     student_temp: float = 0.1
     teacher_temp: float = 0.04  # reached at the end of the learning-rate warm-up
     warmup_teacher_temp: float = 0.04
     center_momentum: float = 0.9
+    # The head's input (pooled patch tokens) standardised over the global batch, as a batch
+    # norm without affine (DINO's head has one as an option): without it, every run tried
+    # here collapsed to a uniform output within 50 steps (benchmarks/README.md).
+    standardise_head_input: bool = True
 
 
 @dataclass

@@ -36,3 +36,11 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def without_autocast(device_type: str):
+    """A region computed in the precision of its inputs (fp32 statistics, losses) under any
+    autocast; nothing on 'meta', which has no autocast (FLOPs counted on shapes alone)."""
+    if device_type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)

@@ -25,10 +25,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..anti_collapse import sum_over_ranks
 from ..data.multicrop import MultiCropTransform
 from ..jepa import build_encoder, per_dim_std
 from ..models import Encoder
 from ..models.layers import init_weights
+from ..runtime import without_autocast
 from .base import Method
 
 
@@ -48,11 +50,31 @@ class DINOHead(nn.Module):
         return F.linear(x, F.normalize(self.last_layer, dim=-1))
 
 
+def standardise(features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``(N, D)``: each dimension centred and scaled by its mean and variance over the whole
+    global batch (every rank's rows; gradients flow through the statistics), in fp32."""
+    with without_autocast(features.device.type):
+        return _standardise(features.float(), eps)
+
+
+def _standardise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    moments = sum_over_ranks(torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), x.pow(2).sum(0)]))
+    n, dim = moments[0], x.shape[1]
+    mean = moments[1 : dim + 1] / n
+    var = (moments[dim + 1 :] / n - mean.pow(2)).clamp(min=0)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
 def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
               student_temp: float, teacher_temp: torch.Tensor | float) -> torch.Tensor:
     """``student (B, V, K)`` logits of V views (the G global ones first), ``teacher (B, G, K)``
     logits, ``center (K,)``: the cross-entropy of each student view against each teacher view
     of the same image but another view, averaged over pairs and images."""
+    with without_autocast(student.device.type):
+        return _dino_loss(student.float(), teacher.float(), center, student_temp, teacher_temp)
+
+
+def _dino_loss(student, teacher, center, student_temp, teacher_temp) -> torch.Tensor:
     B, G, V = teacher.shape[0], teacher.shape[1], student.shape[1]
     targets = F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
     log_probs = F.log_softmax(student.float() / student_temp, dim=-1)
@@ -102,12 +124,12 @@ class DINO(Method):
         flat = global_views.flatten(0, 1)  # (B * G, C, S, S), image-major
         with torch.no_grad():
             teacher_features = self.target_encoder(flat).mean(dim=1)
-            teacher = self.target_head(teacher_features).reshape(B, G, -1)
+            teacher = self.target_head(self._head_input(teacher_features)).reshape(B, G, -1)
         student_features = self.encoder(flat).mean(dim=1)
-        student = [self.head(student_features).reshape(B, G, -1)]
+        student = [self.head(self._head_input(student_features)).reshape(B, G, -1)]
         if local_views.shape[1]:
             small = self.encoder(local_views.flatten(0, 1), any_size=True).mean(dim=1)
-            student.append(self.head(small).reshape(B, local_views.shape[1], -1))
+            student.append(self.head(self._head_input(small)).reshape(B, local_views.shape[1], -1))
         student = torch.cat(student, dim=1)
         center = self.target_head.center
         loss = dino_loss(student, teacher, center, self.settings.student_temp, self.teacher_temp)
@@ -119,6 +141,9 @@ class DINO(Method):
             metrics = {"pred_loss": loss.detach(), "target_std": per_dim_std(target).mean(),
                        "pred_std": per_dim_std(predicted).mean(), "predicted": predicted, "target": target}
         return loss, metrics
+
+    def _head_input(self, features: torch.Tensor) -> torch.Tensor:
+        return standardise(features) if self.settings.standardise_head_input else features
 
     @torch.no_grad()
     def update_target(self, momentum: float, moving: torch.Tensor | None = None) -> None:
