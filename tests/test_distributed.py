@@ -465,11 +465,11 @@ def test_the_term_against_collapse_on_two_processes_equals_one_and_resumes_exact
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, strategy", [("mae", "fsdp"), ("ijepa_pixels", "ddp"), ("dino", "ddp"),
-                                              ("dino", "fsdp")])
+@pytest.mark.parametrize("method, strategy", [("mae", "fsdp"), ("ijepa_pixels", "ddp"), ("dino", "fsdp")])
 def test_each_baseline_on_two_processes_equals_one(tmp_path, method, strategy):
-    """MAE, the pixel-target ablation and DINO (its centre summed over ranks, its heads
-    sharded by FSDP2 like the rest) train on 2 processes x 8 images as on 1 x 16."""
+    """MAE, the pixel-target ablation and DINO (its centre and head-input statistics summed
+    over ranks, its heads sharded by FSDP2 like the rest) train on 2 processes x 8 images as
+    on 1 x 16."""
     from .test_methods import METHOD_SETTINGS
 
     extra = [*METHOD_SETTINGS, f"method.name={method}", "train.max_steps=4"]
