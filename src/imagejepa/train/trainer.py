@@ -161,6 +161,13 @@ class Trainer:
         self.model.begin_step(self.schedules.warmup_progress(step))
         return self.stepper(images, step, self.schedules.at(step), self.watch.health_due(step))
 
+    def _picture_masks(self, images) -> None:
+        """The first step's masks drawn on its images (for a method that masks)."""
+        masks = self.stepper.rank_masks(self.step, batch_size_of(images))
+        if masks is not None:
+            self.watch.picture_masks(images, masks, self.model.encoder.grid, self.cfg.model.patch_size,
+                                     self.step)
+
     def _note_skipped_files(self, skipped: list[tuple[str, str]]) -> None:
         """Warn once per unreadable file; stop when more than data.max_bad_fraction are bad."""
         for path, reason in skipped:
@@ -245,10 +252,8 @@ class Trainer:
                     self._note_skipped_files(skipped)
                 result = self.train_step(images, self.step)
                 now = time.perf_counter()
-                masks = self.stepper.rank_masks(self.step, batch_size_of(images))
-                if self.step == first_step and masks is not None:
-                    self.watch.picture_masks(images, masks, self.model.encoder.grid,
-                                             self.cfg.model.patch_size, self.step)
+                if self.step == first_step:
+                    self._picture_masks(images)
                 if self.watch.knn_due(self.step, stop):
                     result.host["knn_top1"] = self.watch.knn(self.model.evaluated_encoder, self.step,
                                                              is_sharded(self.model))
