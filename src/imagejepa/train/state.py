@@ -1,7 +1,7 @@
 """What a checkpoint of a training run holds, and putting it back.
 
-Weights of the method's networks (``model.networks``), optimiser state, the step, torch's RNG state and the training
-time so far; the loader, masks and schedules need nothing else, being functions of
+Weights of the method's networks (``model.networks``), optimiser state, the step, torch's
+RNG state and the training time so far; the loader, masks and schedules need nothing else, being functions of
 ``(seed, step)``. None of it depends on the number of processes or on how they shared the
 model (DDP or FSDP2: sharded state is gathered whole), so a run saved by N processes
 resumes on M, with either strategy."""
