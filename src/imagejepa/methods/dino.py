@@ -98,6 +98,11 @@ class DINO(Method):
     def __init__(self, encoder: Encoder, head: DINOHead, settings):
         super().__init__()
         self.encoder, self.head = encoder, head
+        if settings.standardise_head_input:
+            # Standardised per dimension over the batch, the pooled features no longer depend
+            # on the final norm's scale and shift: their gradient is rounding noise, which AdamW
+            # would turn into a random walk. They stay at (1, 0).
+            encoder.norm.requires_grad_(False)
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.target_head = copy.deepcopy(head).requires_grad_(False)
         self.settings = settings
