@@ -65,7 +65,7 @@ def variance_covariance(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 def _terms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dim = z.shape[1]
-    count = torch.tensor([float(z.shape[0])], device=z.device)
+    count = z.new_full((1,), z.shape[0])  # filled on the device: no copy from the host
     # One all-reduce: the token count, the sum and the (D, D) sum of outer products.
     moments = sum_over_ranks(torch.cat([count, z.sum(0), (z.T @ z).flatten()]))
     n, total, outer = moments[0], moments[1 : dim + 1], moments[dim + 1 :].view(dim, dim)

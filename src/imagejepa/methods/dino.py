@@ -58,7 +58,8 @@ def standardise(features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 def _standardise(x: torch.Tensor, eps: float) -> torch.Tensor:
-    moments = sum_over_ranks(torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), x.pow(2).sum(0)]))
+    count = x.new_full((1,), x.shape[0])  # filled on the device: no copy from the host
+    moments = sum_over_ranks(torch.cat([count, x.sum(0), x.pow(2).sum(0)]))
     n, dim = moments[0], x.shape[1]
     mean = moments[1 : dim + 1] / n
     var = (moments[dim + 1 :] / n - mean.pow(2)).clamp(min=0)
@@ -140,7 +141,7 @@ class DINO(Method):
         loss = dino_loss(student, teacher, center, self.settings.student_temp, self.teacher_temp)
         with torch.no_grad():
             teacher = teacher.float()
-            self._pending += torch.cat([teacher.sum(dim=(0, 1)), teacher.new_tensor([B * G])])
+            self._pending += torch.cat([teacher.sum(dim=(0, 1)), teacher.new_full((1,), B * G)])
             predicted = student_features.detach().float().reshape(B, G, 1, -1)
             target = teacher_features.float().reshape(B, G, 1, -1)
             metrics = {"pred_loss": loss.detach(), "target_std": per_dim_std(target).mean(),
