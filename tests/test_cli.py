@@ -58,8 +58,8 @@ def test_resume_with_a_different_model_is_refused(tmp_path, capsys):
     assert code == 2
     assert "model.depth" in capsys.readouterr().err
     # another method (or its settings), or another FLOP budget, is another run too
-    code = main(pretrain_args(run, "train.max_steps=4", "method.name=mae", "train.budget_flops=1e12")
-                + ["--resume"])
+    code = main(pretrain_args(run, "train.max_steps=4", "method.name=mae", "train.budget_minutes=null",
+                              "train.budget_flops=1e12") + ["--resume"])
     assert code == 2
     err = capsys.readouterr().err
     assert "method.name" in err and "train.budget_flops" in err

@@ -136,7 +136,7 @@ def test_report_sections_health_and_evaluations(report_run):
     assert "<th>raw pixels</th>" in knn and "<th>temperature</th>" in knn
     assert text.index("<h3>broken.json</h3>") < text.index("<h3>knn.json</h3>")
     assert "unreadable: JSONDecodeError" in words
-    assert "<pre>recipe: auto\nmodel:\n  arch: vit_tiny" in text
+    assert "<pre>recipe: auto\nmethod:\n  name: ijepa" in text and "model:\n  arch: vit_tiny" in text
 
 
 def test_run_without_checkpoint_gets_notes_instead_of_features(tiny_checkpoint, tmp_path, capsys):
