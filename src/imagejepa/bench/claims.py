@@ -303,10 +303,15 @@ def figure(summary: dict, path: Path) -> None:
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    mid = summary["mid_budget_flops"]
+
+    def nominal(record: dict) -> float:  # the cell's budget (its FLOPs are within a step of it)
+        return mid * (QUICK_BUDGET if record["budget"] == "quick" else BUDGETS[record["budget"]])
+
     colours = {"ijepa": "tab:red", "mae": "tab:blue", "dino": "tab:green", "ijepa_pixels": "tab:orange"}
     for ax, (name, probe) in zip(axes.flat, panels):
         for method in METHODS:
-            points = sorted((r["flops"], r["probes"][probe]) for r in summary["cells"]
+            points = sorted((nominal(r), r["probes"][probe]) for r in summary["cells"]
                             if r["dataset"] == name and r["method"] == method)
             if points:
                 xs, ys = zip(*points)
@@ -317,6 +322,10 @@ def figure(summary: dict, path: Path) -> None:
                 ax.axhline(value, color="grey", linestyle=style, linewidth=1,
                            label="raw pixels" if source == "pixels" else "random init")
         ax.set_xscale("log")
+        ticks = sorted({nominal(r) for r in summary["cells"]})
+        ax.set_xlim(min(ticks) / 2, max(ticks) * 2)
+        ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_title(f"{name}: {probe}", fontsize=9)
         ax.set_xlabel("pretraining FLOPs", fontsize=8)
         ax.set_ylabel("top-1 (%)", fontsize=8)
