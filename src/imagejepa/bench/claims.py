@@ -95,23 +95,19 @@ def grid(quick: bool) -> list[Cell]:
 
 def demo_flops() -> float:
     """FLOPs of the demo's I-JEPA run: :data:`DEMO_STEPS` x one step of its model, counted."""
-    import torch
-
     from ..config import load_config
     from ..data import build_dataset
     from ..methods import build_method
-    from ..train.flops import step_flops
+    from ..train.build import build_data, build_views
+    from ..train.flops import config_step_flops
     from ..train.recipe import resolve_recipe
-    from ..train.step import MASK_STREAM
 
     cfg = load_config(None, ["recipe=auto", "data.dataset=fashion-mnist"])
-    data = build_dataset("fashion-mnist")
-    resolve_recipe(cfg, data)
+    dataset = build_dataset("fashion-mnist")
+    resolve_recipe(cfg, dataset)  # before anything is sized from the config
+    data = build_data(cfg, dataset)
     model = build_method(cfg)
-    image, _ = data.load(0)
-    view = model.views(cfg.model.img_size, cfg.model.in_chans, data.mean, data.std, cfg.data.crop_scale)(
-        image, torch.Generator().manual_seed(0))
-    return DEMO_STEPS * step_flops(model, view, cfg.data.batch_size, cfg.train.seed, MASK_STREAM)
+    return DEMO_STEPS * config_step_flops(cfg, model, data.dataset, build_views(cfg, data, model))
 
 
 def cell_config(cell: Cell, budget_flops: float, data: Dataset, overrides=()):

@@ -22,7 +22,6 @@ import torch
 from .. import checkpoint as ckpt
 from ..data.base import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConvertError, KeyMapError, UnreadableFileError
-from ..methods import EVALUATED
 from .bundle import PROVENANCE_FILE, ModelBundle, infer_encoder_spec, infer_predictor_spec
 from .keymaps import (
     encoder_from_hf,
@@ -140,9 +139,12 @@ def read_imagejepa(path: Path, num_heads: int | None = None) -> ModelBundle:
     meta = ckpt.load_meta(folder)
     tensors = ckpt.load_tensors(folder)
     method = meta.get("config", {}).get("method", {}).get("name", "ijepa")
-    # "target" is the encoder the method evaluates (MAE's encoder, DINO's teacher backbone);
-    # the predictor is I-JEPA's alone (the others' decoders and heads stay in the checkpoint).
-    roles = {"encoder": "encoder", "target_encoder": EVALUATED.get(method, "target_encoder"),
+    # "target" is the encoder the method evaluates (MAE's encoder, DINO's teacher backbone), as
+    # its meta says (before it did: the EMA encoder, or the only one); the predictor is
+    # I-JEPA's alone (the others' decoders and heads stay in the checkpoint).
+    evaluated = meta.get("evaluated") or (
+        "target_encoder" if any(k.startswith("target_encoder.") for k in tensors) else "encoder")
+    roles = {"encoder": "encoder", "target_encoder": evaluated,
              "predictor": "predictor" if method == "ijepa" else None}
     states = {role: ckpt.strip_prefix(tensors, name) for role, name in roles.items() if name}
     states = {role: s for role, s in states.items() if s}

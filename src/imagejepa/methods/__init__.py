@@ -14,11 +14,8 @@ from __future__ import annotations
 from .base import Method
 
 METHODS = ("ijepa", "mae", "dino", "ijepa_pixels")
-# The network each method's probes read (a checkpoint's "target" encoder for eval and embed).
-EVALUATED = {"ijepa": "target_encoder", "ijepa_pixels": "target_encoder", "dino": "target_encoder",
-             "mae": "encoder"}
 
-__all__ = ["EVALUATED", "METHODS", "Method", "build_method"]
+__all__ = ["METHODS", "Method", "build_method"]
 
 
 def build_method(cfg) -> Method:

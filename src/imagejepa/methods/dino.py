@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -77,8 +76,8 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
 
 def _dino_loss(student, teacher, center, student_temp, teacher_temp) -> torch.Tensor:
     B, G, V = teacher.shape[0], teacher.shape[1], student.shape[1]
-    targets = F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
-    log_probs = F.log_softmax(student.float() / student_temp, dim=-1)
+    targets = F.softmax((teacher - center) / teacher_temp, dim=-1)
+    log_probs = F.log_softmax(student / student_temp, dim=-1)
     cross = -torch.einsum("bgk,bvk->bgv", targets, log_probs)  # (B, G, V)
     # Pairs of different views: a weighted sum, not a boolean index (which reads back the mask).
     different = 1 - torch.eye(G, V, dtype=cross.dtype, device=cross.device)
@@ -156,10 +155,7 @@ class DINO(Method):
         """The EMA of encoder and head, then the centre: ``c = m c + (1 - m) mean(teacher outputs)``
         over every rank's batch of this step (nothing moves on a skipped step)."""
         super().update_target(momentum, moving)
-        pending = self._pending
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            pending = pending.clone()
-            dist.all_reduce(pending)
+        pending = sum_over_ranks(self._pending)
         batch_mean = pending[:-1] / pending[-1].clamp(min=1)
         m = self.settings.center_momentum
         weight = (1 - m) if moving is None else moving.float() * (1 - m)

@@ -43,10 +43,14 @@ def build_data(cfg: Config, dataset=None) -> Data:
                 channel_stats(dataset.std, cfg.model.in_chans), steps_per_epoch)
 
 
+def build_views(cfg: Config, data: Data, method: Method):
+    """The loader's transform: an image and a generator -> the views ``method`` takes."""
+    return method.views(cfg.model.img_size, cfg.model.in_chans, data.mean, data.std, cfg.data.crop_scale)
+
+
 def build_loader(cfg: Config, data: Data, start_step: int, processes: Processes,
-                 device: torch.device, method: Method) -> TrainLoader:
-    """This rank's part of each global batch, from ``start_step`` on, in the views ``method`` takes."""
-    transform = method.views(cfg.model.img_size, cfg.model.in_chans, data.mean, data.std, cfg.data.crop_scale)
+                 device: torch.device, transform) -> TrainLoader:
+    """This rank's part of each global batch, from ``start_step`` on, made by ``transform``."""
     return TrainLoader(data.dataset, transform, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                        num_workers=cfg.data.num_workers, start_step=start_step,
                        pin_memory=device.type == "cuda", on_error=cfg.data.on_error,

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..masking import Masks
 from ..utils.seeds import mix_seed
+from .step import MASK_STREAM
 
 FLOP_SAMPLES = 8  # the steps whose masks are counted: I-JEPA's context length varies by step
 
@@ -50,3 +51,11 @@ def step_flops(model, view, batch_size: int, seed: int, mask_stream: int) -> flo
         g = torch.Generator().manual_seed(mix_seed(seed, step, mask_stream))
         total += count_train_flops(model, shapes, sampler(batch_size, g))
     return total / FLOP_SAMPLES
+
+
+def config_step_flops(cfg, model, dataset, views) -> float:
+    """:func:`step_flops` of a run: its global batch, its seed's masks, and the views ``views``
+    makes of the dataset's first image."""
+    image, _ = dataset.load(0)
+    view = views(image, torch.Generator().manual_seed(0))
+    return step_flops(model, view, cfg.data.batch_size, cfg.train.seed, MASK_STREAM)

@@ -46,14 +46,22 @@ from ..masking import Masks
 from ..runtime import resolve_device, resolve_precision
 from ..utils.files import atomic_write_text
 from . import budget
-from .build import build_data, build_loader, build_model, build_model_optimizer, check_startable, plan_length
-from .flops import step_flops
+from .build import (
+    build_data,
+    build_loader,
+    build_model,
+    build_model_optimizer,
+    build_views,
+    check_startable,
+    plan_length,
+)
+from .flops import config_step_flops
 from .metrics_log import MetricsLog, metric_columns
 from .preempt import Preempted, StopSignals
 from .recipe import resolve_recipe
 from .schedules import Schedules
 from .state import find_resume_point, gather_training_state, load_training_state, save_training_state
-from .step import MASK_STREAM, StepResult, TrainStep, batch_size_of
+from .step import StepResult, TrainStep, batch_size_of
 from .watch import RunWatch
 
 __all__ = ["NonFiniteError", "Trainer"]
@@ -94,12 +102,11 @@ class Trainer:
         self.train_seconds = 0.0  # training time of the run so far, earlier processes included
 
         self.model = build_model(cfg, self.device)
-        self.views = self.model.views(cfg.model.img_size, cfg.model.in_chans, self.mean, self.std,
-                                      cfg.data.crop_scale)
+        self.views = build_views(cfg, data, self.model)
         # FLOPs of one step, counted on the model before any sharding (the same on N processes),
         # for a budget in FLOPs (a second or so: not counted otherwise).
-        self.step_flops = None if cfg.train.budget_flops is None else step_flops(
-            self.model, self._one_view(), cfg.data.batch_size, cfg.train.seed, MASK_STREAM)
+        self.step_flops = None if cfg.train.budget_flops is None else config_step_flops(
+            cfg, self.model, self.dataset, self.views)
         self.max_steps, self.schedules, self.total_steps = plan_length(cfg, self.steps_per_epoch,
                                                                        self.step_flops)
         trained = wrap_data_parallel(self.model, processes, self.device, cfg.dist.strategy, self.precision)
@@ -116,12 +123,7 @@ class Trainer:
         self.bad_files: dict[str, str] = {}  # path -> reason, each reported once
         if resume:
             self._resume(fallback)
-        self.loader = build_loader(cfg, data, self.step, processes, self.device, self.model)
-
-    def _one_view(self):
-        """One training sample as the loader makes it (for its shapes)."""
-        image, _ = self.dataset.load(0)
-        return self.views(image, torch.Generator().manual_seed(0))
+        self.loader = build_loader(cfg, data, self.step, processes, self.device, self.views)
 
     def warn(self, message: str) -> None:
         """A warning line, above the progress bar while one is shown."""
@@ -407,6 +409,7 @@ class Trainer:
             "std": list(self.std),
             "precision": self.precision,
             "method": self.model.name,
+            "evaluated": self.model.evaluated,
             **({"train_flops": self.step * self.step_flops} if self.step_flops else {}),
         }
 
