@@ -140,11 +140,9 @@ def read_imagejepa(path: Path, num_heads: int | None = None) -> ModelBundle:
     tensors = ckpt.load_tensors(folder)
     method = meta.get("config", {}).get("method", {}).get("name", "ijepa")
     # "target" is the encoder the method evaluates (MAE's encoder, DINO's teacher backbone), as
-    # its meta says (before it did: the EMA encoder, or the only one); the predictor is
-    # I-JEPA's alone (the others' decoders and heads stay in the checkpoint).
-    evaluated = meta.get("evaluated") or (
-        "target_encoder" if any(k.startswith("target_encoder.") for k in tensors) else "encoder")
-    roles = {"encoder": "encoder", "target_encoder": evaluated,
+    # the trainer's meta says (earlier runs and exported folders: the EMA target encoder, if
+    # held); the predictor is I-JEPA's alone (the others' decoders and heads stay behind).
+    roles = {"encoder": "encoder", "target_encoder": meta.get("evaluated", "target_encoder"),
              "predictor": "predictor" if method == "ijepa" else None}
     states = {role: ckpt.strip_prefix(tensors, name) for role, name in roles.items() if name}
     states = {role: s for role, s in states.items() if s}
