@@ -79,6 +79,8 @@ def start_processes(processes: Processes, device: torch.device) -> Processes:
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend, store=_store(processes), rank=processes.rank,
                             world_size=processes.world_size, timeout=TIMEOUT)
+    global _joined
+    _joined = True
     return replace(processes, started=True)
 
 
@@ -112,3 +114,11 @@ def stop_processes(processes: Processes) -> None:
     """Leave the process group (at the end of a run, on errors too)."""
     if processes.started and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def joined_a_group() -> bool:
+    """Whether this process has been in a process group (see :func:`imagejepa.cli.run`)."""
+    return _joined
+
+
+_joined = False
