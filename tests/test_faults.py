@@ -565,17 +565,17 @@ def test_on_nan_skip_step_skips_and_continues(tmp_path):
 
 
 @pytest.mark.parametrize("on_nan", ["skip_step", "stop"])
-def test_metrics_read_in_batches_as_on_a_gpu_change_nothing(tmp_path, on_nan):
-    """On a GPU the metrics stay on the device and are read every few steps, and a non-finite
-    step is skipped there without being read (fused AdamW's found_inf, an EMA weight of 0).
-    Forced here on the CPU: the same metrics, weights and skipped step as reading each step;
-    with on_nan=stop the run stops at the next read, naming the step."""
+def test_metrics_read_in_batches_change_nothing(tmp_path, on_nan):
+    """The metrics stay on the device and are read every train.log_every steps, and a
+    non-finite step is skipped there without being read (fused AdamW's found_inf, an EMA
+    weight of 0): the same metrics, weights and skipped step as reading each step; with
+    on_nan=stop the run stops at the next read, naming the step."""
     runs = {}
     for read_every in (1, 4):
         run_dir = tmp_path / f"every{read_every}"
-        trainer = Trainer(config("train.max_steps=7", f"train.on_nan={on_nan}", "train.log_every=4"), run_dir,
-                          log=quiet, warn=quiet)
-        trainer.read_every = read_every
+        settings = ["train.max_steps=7", f"train.on_nan={on_nan}", f"train.log_every={read_every}"]
+        trainer = Trainer(config(*settings),
+                          run_dir, log=quiet, warn=quiet)
         nan_at(trainer, 2, "gradient")
         if on_nan == "stop":
             with pytest.raises(NonFiniteError, match="non-finite gradient of encoder.blocks.0.mlp.fc1.weight"
@@ -600,9 +600,7 @@ def test_batched_reads_after_resuming_between_two_log_steps(tmp_path):
     has its row read first, and every step gets its row once."""
     settings = ["train.checkpoint_every_steps=null", "train.log_every=4"]
     Trainer(config("train.max_steps=3", *settings), tmp_path, log=quiet, warn=quiet).fit()
-    trainer = Trainer(config("train.max_steps=9", *settings), tmp_path, resume=True, log=quiet, warn=quiet)
-    trainer.read_every = 4
-    trainer.fit()
+    Trainer(config("train.max_steps=9", *settings), tmp_path, resume=True, log=quiet, warn=quiet).fit()
     assert [int(r["step"]) for r in metric_rows(tmp_path)] == list(range(9))
 
 

@@ -53,3 +53,29 @@ def test_bench_train_reports_gpu_memory_and_mfu():
 
     report = bench_train(steps=1, warmup=1, device="cuda", precision="bf16")
     assert report["gpu"] and report["peak_memory_gib"] > 0 and 0 < report["roofline_fraction"] < 1
+
+
+def test_training_steps_never_wait_for_the_gpu(tmp_path):
+    """Steps (with the health metrics, the fused AdamW and the EMA update, and a skipped
+    non-finite step) under CUDA's sync debug mode set to raise: no step reads a value back."""
+    from .test_host_sync import NAN_STEP, STEPS
+
+    cfg = load_config(None, TINY_OVERRIDES + ["train.device=cuda", "train.precision=bf16", "monitor.every=2",
+                                              "train.on_nan=skip_step"])
+    trainer = Trainer(cfg, tmp_path, log=quiet, warn=quiet)
+    batches = iter(trainer.loader)
+    images = [next(batches)[0] for _ in range(STEPS)]
+    real_forward = trainer.forward
+    trainer.forward = lambda views, masks: (lambda out: (
+        out[0] * float("nan") if step == NAN_STEP else out[0], out[1]))(real_forward(views, masks))
+    trainer.train_step(images[0], 0)  # the first step (lazy initialisation may sync once)
+    torch.cuda.synchronize()
+    results = []
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, STEPS):
+            results.append(trainer.train_step(images[step], step))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    rows = trainer.stepper.read(results)
+    assert [r["skipped_step"] for r in rows] == [int(s == NAN_STEP) for s in range(1, STEPS)]

@@ -194,7 +194,10 @@ def run_claims(out: Path, quick: bool = False, cells: list[Cell] | None = None, 
         log(f"bench claims: {cell.key} done: {record['steps']} steps, {record['probes']}")
     for name, data in sets.items():
         path = out / "cells" / f"{name}-baselines.json"
-        done = [c for c in cells if c.dataset == name and (out / "cells" / f"{c.key}.json").is_file()]
+        # Any finished cell's checkpoint gives the architecture (cells copied in without
+        # their run folder cannot).
+        done = [c for c in cells if c.dataset == name and (out / "cells" / f"{c.key}.json").is_file()
+                and (out / "runs" / c.key).is_dir()]
         if done and not path.is_file():
             atomic_write_text(path, json.dumps(baselines(data, out / "runs" / done[0].key, out), indent=1))
     summary = summarise(out, cells, mid)

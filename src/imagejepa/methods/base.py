@@ -67,7 +67,10 @@ class Method(nn.Module):
                   for p in getattr(self, follower).parameters()]
         online = [local_shard(p) for _, followed in self.ema_pairs
                   for p in getattr(self, followed).parameters()]
-        weight = 1.0 - momentum
-        if moving is not None:
-            weight = moving.to(target[0].dtype) * weight
-        torch._foreach_lerp_(target, online, weight)
+        if moving is None:
+            torch._foreach_lerp_(target, online, 1.0 - momentum)
+            return
+        # One weight tensor per pair: given a single 0-dim tensor, foreach_lerp takes its
+        # Scalar overload, which reads the weight back to the host.
+        weight = moving.to(target[0].dtype) * (1.0 - momentum)
+        torch._foreach_lerp_(target, online, [weight] * len(target))

@@ -7,11 +7,13 @@ chunk of every rank has the same number of tokens, so averaging chunks here and 
 DDP gives the gradient of the global batch's mean loss: N processes x batch B/N train like
 one process x batch B, and like one process with ``grad_accum`` N.
 
-No value leaves the device during a step. Whether the step is finite is decided on the
-device and applied there: the fused AdamW skips its update when told ``found_inf``, and the
-EMA moves by 0. The metrics (and that decision) are read back in batches, with
-:meth:`TrainStep.read`: every step on a CPU, where reading costs nothing, and every
-``train.log_every`` steps on a GPU, so the GPU is never left waiting for the host.
+No value leaves the device during a step (``tests/test_host_sync.py`` runs steps under a
+dispatch mode that fails on every read-back; ``tests/test_gpu.py`` under CUDA's sync debug
+mode). Whether the step is finite is decided on the device and applied there: the fused
+AdamW skips its update when told ``found_inf``, and the EMA moves by 0. The metrics (and
+that decision) are read back in batches, with :meth:`TrainStep.read`, every
+``train.log_every`` steps on every device, so a GPU is never left waiting for the host and
+a CPU runs the same pattern the tests check.
 """
 
 from __future__ import annotations
@@ -202,5 +204,7 @@ def _first_non_finite(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     tensors: one foreach norm, nothing read back."""
     norms = torch.stack(torch._foreach_norm(grads)).float()
     bad = ~norms.isfinite()
-    index = torch.where(bad.any(), bad.int().argmax(), torch.tensor(-1, device=norms.device))
-    return index, norms[index.clamp(min=0)]
+    # A Python scalar in where() (not a new tensor: a host-to-device copy), and gather (not
+    # indexing by a 0-dim tensor, which reads the index back).
+    index = torch.where(bad.any(), bad.int().argmax(), -1)
+    return index, norms.gather(0, index.clamp(min=0)[None])[0]

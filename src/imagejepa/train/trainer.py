@@ -116,9 +116,6 @@ class Trainer:
                                  cfg.optim.grad_accum, self.device, self.precision, processes,
                                  cfg.train.on_nan, warn)
         self.watch = RunWatch(cfg, self.dataset, self.mean, self.std, self.device, self.precision, processes)
-        # How many steps' metrics wait on the device before they are read: reading makes the
-        # host wait for the device, free on a CPU, a stall of the pipeline on a GPU.
-        self.read_every = 1 if self.device.type == "cpu" else cfg.train.log_every
         self.step = 0
         self.bad_files: dict[str, str] = {}  # path -> reason, each reported once
         if resume:
@@ -239,7 +236,11 @@ class Trainer:
         first_step = self.step
         start_time = time.perf_counter()
         seconds_before, last_ckpt_seconds = self.train_seconds, 0.0
-        last, pending = {}, []  # pending: steps whose metrics are still on the device
+        # pending: the steps whose metrics are still on the device. They are read every
+        # train.log_every steps (and before a checkpoint), on every device: a read makes the
+        # host wait for the device, which would stall a GPU's queue if done each step.
+        last, pending = {}, []
+        self.throughput = Throughput()
         bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
                    dynamic_ncols=True, mininterval=1.0, disable=not main)
         self._bar = bar if main else None
@@ -248,23 +249,23 @@ class Trainer:
         with (MetricsLog(self.run_dir / "metrics.csv", self.step, columns, writes=main) as metrics, bar,
               contextlib.closing(self.watch), contextlib.closing(iter(self.loader)) as batches):
             while self.step < stop:
-                t0 = time.perf_counter()
                 images, _, skipped = _next_batch(batches)
                 if skipped:
                     self._note_skipped_files(skipped)
                 result = self.train_step(images, self.step)
                 now = time.perf_counter()
+                self.throughput.add(self.cfg.data.batch_size)
                 if self.step == first_step:
-                    self._picture_masks(images)
+                    with self.throughput.pause():
+                        self._picture_masks(images)
                 if self.watch.knn_due(self.step, stop):
-                    result.host["knn_top1"] = self.watch.knn(self.model.evaluated_encoder, self.step,
-                                                             is_sharded(self.model))
+                    with self.throughput.pause():
+                        result.host["knn_top1"] = self.watch.knn(self.model.evaluated_encoder, self.step,
+                                                                 is_sharded(self.model))
                 agreed = agree_after_step(self.processes, signals.received is not None,
                                           now - start_time, len(skipped))
                 result.host.update(step=self.step, epoch=self.step // self.steps_per_epoch,
-                                   skipped_images=agreed.skipped_images,
-                                   img_per_s=self.cfg.data.batch_size / (now - t0),
-                                   elapsed_s=agreed.main_seconds)
+                                   skipped_images=agreed.skipped_images, elapsed_s=agreed.main_seconds)
                 pending.append(result)
                 self.step += 1
                 self.train_seconds = seconds_before + agreed.main_seconds
@@ -282,7 +283,7 @@ class Trainer:
                 )
                 ending = self.step == stop or agreed.stop or out_of_time
                 logging = self.step % cfg.log_every == 0 or ending
-                if len(pending) >= self.read_every or logging or due:
+                if logging or due:
                     last = self._read(pending, metrics) or last  # may raise NonFiniteError
                 if logging:
                     metrics.flush()
@@ -293,7 +294,8 @@ class Trainer:
                     break
                 if due and self.step < stop and not out_of_time:
                     metrics.flush()  # the metrics of every step a checkpoint holds are on disk too
-                    self.save()
+                    with self.throughput.pause():
+                        self.save()
                     last_ckpt_seconds = agreed.main_seconds
                     # A signal that arrived during the save: that save is the one to stop at.
                     if agree_after_step(self.processes, signals.received is not None, 0.0).stop:
@@ -322,7 +324,9 @@ class Trainer:
         them (collapse warning; a non-finite step warns or stops); returns the last row."""
         rows = self.stepper.read(pending)
         pending.clear()
+        rate = self.throughput.lap()  # the read waited for the device: the stretch is done
         for row in rows:
+            row["img_per_s"] = rate
             metrics.write(row)
             for warning in self.watch.observe(row):
                 if self.processes.is_main:
@@ -421,6 +425,35 @@ class Trainer:
         self.step, self.train_seconds = load_training_state(folder, self.model, self.optimizer)
         self.last_checkpoint = folder
         self.log(f"imagejepa: resumed from {folder} at step {self.step}")
+
+
+class Throughput:
+    """Images per second over the stretch between two reads of the device's metrics.
+
+    Timing one step on the host clock is right only where the host waits for each step; on
+    a GPU the host runs ahead, and only a read (which waits for the device) ends a stretch
+    honestly. Pauses that are not training (online kNN, pictures, checkpoints) are left out."""
+
+    def __init__(self):
+        self.start, self.images, self.paused = time.perf_counter(), 0, 0.0
+
+    def add(self, images: int) -> None:
+        self.images += images
+
+    @contextlib.contextmanager
+    def pause(self):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - began
+
+    def lap(self) -> float:
+        """The stretch's images per second; a new stretch starts."""
+        now = time.perf_counter()
+        rate = self.images / max(now - self.start - self.paused, 1e-9)
+        self.start, self.images, self.paused = now, 0, 0.0
+        return rate
 
 
 def _processes(n: int) -> str:
