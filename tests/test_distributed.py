@@ -235,14 +235,79 @@ def test_sigterm_to_the_group_stops_every_rank_after_the_same_step(tmp_path):
     assert [int(r["step"]) for r in metric_rows(run_dir)] == list(range(step))
 
 
-def srun_like(rank: int, world: int, port: int, args: list[str]) -> subprocess.Popen:
+def srun_like(rank: int, world: int, port: int, args: list[str], program=("-m", "imagejepa"),
+              **env_extra: str) -> subprocess.Popen:
     """One rank started as ``srun`` starts it: no torchrun, the rendezvous in the environment."""
     env = child_env() | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "imagejepa", *args], env=env, start_new_session=True,
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)} | env_extra
+    proc = subprocess.Popen([sys.executable, *program, *args], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     STARTED.append(proc)
     return proc
+
+
+# `imagejepa` with a failure injected on one rank (IMAGEJEPA_TEST_FAIL): its step raises, or
+# its save finds the disk full.
+FAILING_RANK = """
+import os, sys
+from imagejepa.train import trainer
+where, rank = os.environ["IMAGEJEPA_TEST_FAIL"], os.environ["RANK"]
+if where == "step" and rank == "1":
+    real_step = trainer.Trainer.train_step
+    def train_step(self, images, step):
+        if step == 2:
+            raise RuntimeError("injected: the step failed")
+        return real_step(self, images, step)
+    trainer.Trainer.train_step = train_step
+if where == "save" and rank == "0":
+    def save_training_state(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    trainer.save_training_state = save_training_state
+sys.argv[0] = "imagejepa"
+from imagejepa.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize("failure", ["step", "save", "bad_images"])
+def test_a_failing_rank_stops_every_rank_within_seconds(tmp_path, failure):
+    """Started as srun starts them (nothing kills the others when one rank exits): an exception
+    in rank 1's step, a full disk under rank 0's save, or more unreadable images than the cap
+    (counted over both ranks) end both ranks with exit 1 and a last line naming the failure,
+    within seconds of each other, never at a collective's timeout."""
+    from .test_faults import broken_image_folder
+
+    extra = ["train.max_steps=6"]
+    if failure == "bad_images":  # 4 of 16 files broken: over a cap of 2 only counted together
+        images = broken_image_folder(tmp_path / "images")
+        extra += [f"data.dataset=imagefolder:{images}", "data.max_bad_fraction=0.15", "optim.epochs=4"]
+    args = pretrain(tmp_path / "run", *extra, config=config_file(tmp_path))
+    port = free_port()
+    ranks = [srun_like(rank, 2, port, args, program=("-c", FAILING_RANK), IMAGEJEPA_TEST_FAIL=failure)
+             for rank in range(2)]
+    ended: dict[int, float] = {}
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while len(ended) < 2 and time.monotonic() < deadline:
+        for rank, proc in enumerate(ranks):
+            if rank not in ended and proc.poll() is not None:
+                ended[rank] = time.monotonic()
+        time.sleep(0.05)
+    errors = [proc.communicate(timeout=10)[1] for proc in ranks]
+    assert [proc.returncode for proc in ranks] == [1, 1], errors
+    assert abs(ended[0] - ended[1]) < 30
+    last = [err.strip().splitlines()[-1] for err in errors]
+    if failure == "step":
+        assert last[1] == "RuntimeError: injected: the step failed", errors[1][-2000:]
+        assert last[0].startswith("imagejepa pretrain: error: rank 1 failed (RuntimeError: injected: "
+                                  "the step failed); rank 0 stopped with it"), errors[0][-2000:]
+    elif failure == "save":
+        assert last[0] == "OSError: [Errno 28] No space left on device", errors[0][-2000:]
+        assert last[1].startswith("imagejepa pretrain: error: rank 0 failed (OSError: [Errno 28] No space "
+                                  "left on device); rank 1 stopped with it"), errors[1][-2000:]
+    else:
+        for line in last:
+            assert re.match(r"imagejepa pretrain: error: \d+ of the 16 image files are unreadable, more than "
+                            r"data.max_bad_fraction=0.15", line), line
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status (Linux)")

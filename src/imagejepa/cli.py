@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from .errors import RunError, UsageError
@@ -221,7 +222,14 @@ def _print_json(obj) -> None:
 
 def cmd_pretrain(args, signals=None) -> None:
     from .config import check_batch_split, load_config
-    from .distributed import processes_from_env, start_processes, stop_processes, text_from_main
+    from .distributed import (
+        FailureWatch,
+        post_failure,
+        processes_from_env,
+        start_processes,
+        stop_processes,
+        text_from_main,
+    )
     from .runtime import resolve_device
     from .train.recipe import resolve_recipe
     from .train.trainer import Trainer
@@ -251,12 +259,21 @@ def cmd_pretrain(args, signals=None) -> None:
     check_batch_split(cfg, launched.world_size)  # before waiting for the other processes
     processes = start_processes(launched, resolve_device(cfg.train.device, launched.local_rank))
     try:
-        # Rank 0 names the run folder (a default name holds its clock's time).
-        run_dir = text_from_main(processes, args.run_dir or
-                                 f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if not args.resume:
-            _check_fresh(Path(run_dir))
-        Trainer(cfg, run_dir, resume=args.resume, fallback=args.fallback, processes=processes).fit(signals)
+        # Another rank's failure ends this one within a second (exit 1, one line naming it).
+        with FailureWatch(processes):
+            try:
+                # Rank 0 names the run folder (a default name holds its clock's time).
+                run_dir = text_from_main(processes, args.run_dir or
+                                         f"runs/{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+                if not args.resume:
+                    _check_fresh(Path(run_dir))
+                Trainer(cfg, run_dir, resume=args.resume, fallback=args.fallback,
+                        processes=processes).fit(signals)
+            except Preempted:
+                raise  # every rank stops on the same step: not a failure
+            except BaseException as e:  # whatever it is, the other ranks must not wait for this one
+                post_failure(processes, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+                raise
     finally:
         stop_processes(processes)
 
@@ -535,16 +552,29 @@ def run() -> None:
     thread still releasing the last collective's tensors when finalization starts is killed
     taking the GIL, which aborts the finished run (SIGABRT, "terminate called without an
     active exception", in about one run in 20 on a loaded machine). Everything the run
-    wrote is closed by then, so only the output streams are flushed."""
-    code = main()
-    if "imagejepa.distributed.processes" in sys.modules:
-        from .distributed.processes import joined_a_group
-
-        if joined_a_group():
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+    wrote is closed by then, so only the output streams are flushed (an unexpected error's
+    traceback is printed first, as the interpreter would, with exit code 1)."""
+    try:
+        code = main()
+    except BaseException as e:
+        if not _joined_a_group():
+            raise
+        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1
+        if not isinstance(e, SystemExit):
+            traceback.print_exc()
+    if _joined_a_group():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
+
+
+def _joined_a_group() -> bool:
+    if "imagejepa.distributed.processes" not in sys.modules:  # PyTorch may not even be loaded
+        return False
+    from .distributed.processes import joined_a_group
+
+    return joined_a_group()
 
 
 def _run(args, signals: StopSignals) -> int:

@@ -139,6 +139,10 @@ class DistConfig:
     # With several processes: ddp (every rank holds the whole model) | fsdp (FSDP2: parameters,
     # gradients and optimiser state sharded over ranks, per block; for models too big for one GPU).
     strategy: str = "ddp"
+    # After the first step, a collective that waits this long for another rank fails (until
+    # then 30 min: nodes start apart, the first step may compile). Rank 0 writes whole
+    # checkpoints while the others wait: keep it above the time of a save.
+    timeout_minutes: float = 10.0
 
 
 @dataclass
@@ -475,6 +479,8 @@ def validate(cfg: Config) -> None:
         0 <= d.max_bad_fraction <= 1, f"data.max_bad_fraction must be within [0, 1], got {d.max_bad_fraction}"
     )
     _require(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    _require(0 < cfg.dist.timeout_minutes < math.inf,
+             f"dist.timeout_minutes must be a number of minutes > 0, got {cfg.dist.timeout_minutes}")
     mon = cfg.monitor
     for key in ("every", "knn_every"):
         _require(getattr(mon, key) >= 0, f"monitor.{key} must be >= 0 (0: off), got {getattr(mon, key)}")

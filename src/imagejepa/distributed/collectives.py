@@ -27,21 +27,24 @@ def sum_over_ranks(processes: Processes, values: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Agreement:
-    """What every rank reads after a step: whether to stop, rank 0's clock, images skipped."""
+    """What every rank reads after a step: whether to stop, rank 0's clock, unreadable files."""
 
     stop: bool  # a stop signal arrived on some rank
     main_seconds: float  # rank 0's clock: time limits, budgets and checkpoint intervals use it
     skipped_images: int  # unreadable files replaced in this step's global batch
+    new_bad_files: int = 0  # files found unreadable for the first time (by some rank) in this step
 
 
 def agree_after_step(processes: Processes, stop_here: bool, seconds: float,
-                     skipped_images: int = 0) -> Agreement:
-    """One all_reduce of this rank's stop flag, clock (rank 0's only) and skipped-file count."""
+                     skipped_images: int = 0, new_bad_files: int = 0) -> Agreement:
+    """One all_reduce of this rank's stop flag, clock (rank 0's only) and unreadable-file counts."""
     if not processes.started:
-        return Agreement(stop_here, seconds, skipped_images)
-    mine = [float(stop_here), seconds if processes.is_main else 0.0, float(skipped_images)]
-    stops, main_seconds, skipped = sum_over_ranks(processes, torch.tensor(mine, dtype=torch.float64)).tolist()
-    return Agreement(stops > 0, main_seconds, int(skipped))
+        return Agreement(stop_here, seconds, skipped_images, new_bad_files)
+    mine = [float(stop_here), seconds if processes.is_main else 0.0, float(skipped_images),
+            float(new_bad_files)]
+    stops, main_seconds, skipped, new_bad = sum_over_ranks(
+        processes, torch.tensor(mine, dtype=torch.float64)).tolist()
+    return Agreement(stops > 0, main_seconds, int(skipped), int(new_bad))
 
 
 def text_from_main(processes: Processes, text: str) -> str:

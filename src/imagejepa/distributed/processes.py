@@ -5,7 +5,7 @@ rendezvous of ``init_process_group``."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import torch
@@ -22,6 +22,8 @@ class Processes:
     local_rank: int = 0  # its index on this machine: which GPU it takes
     world_size: int = 1
     started: bool = False  # a torch.distributed process group is running
+    # The group's key-value store (ranks post a failure there: failures.py); None for one process.
+    store: dist.Store | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -30,8 +32,9 @@ class Processes:
 
 
 SINGLE = Processes()
-# How long a rank waits for the others (to meet, in a collective): nodes of a job may start
-# minutes apart, and rank 0 writes checkpoints while the others wait.
+# How long a rank waits for the others (to meet, in a collective) until the first steps are
+# done: nodes of a job may start minutes apart, and the first step may compile. After them
+# the trainer lowers it to dist.timeout_minutes (set_collective_timeout).
 TIMEOUT = timedelta(minutes=30)
 
 
@@ -68,7 +71,7 @@ def start_processes(processes: Processes, device: torch.device) -> Processes:
     if processes is SINGLE:
         return SINGLE
     if dist.is_initialized():  # started earlier in this process
-        return replace(processes, started=True)
+        return replace(processes, started=True, store=dist.distributed_c10d._get_default_store())
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
             raise ConfigError(f"environment: RANK is set but {name} is not; launch with torchrun, or set "
@@ -77,11 +80,20 @@ def start_processes(processes: Processes, device: torch.device) -> Processes:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend=backend, store=_store(processes), rank=processes.rank,
+    store = _store(processes)
+    dist.init_process_group(backend=backend, store=store, rank=processes.rank,
                             world_size=processes.world_size, timeout=TIMEOUT)
     global _joined
     _joined = True
-    return replace(processes, started=True)
+    return replace(processes, started=True, store=store)
+
+
+def set_collective_timeout(processes: Processes, minutes: float) -> None:
+    """From now on a collective that waits ``minutes`` for another rank fails (the first
+    steps ran under :data:`TIMEOUT`)."""
+    if processes.started:
+        set_timeout = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
+        set_timeout(timedelta(minutes=minutes))
 
 
 def _store(processes: Processes) -> dist.Store:

@@ -39,6 +39,8 @@ from ..distributed import (
     barrier,
     is_sharded,
     lost_contact,
+    posted_failure,
+    set_collective_timeout,
     wrap_data_parallel,
 )
 from ..errors import ImageJepaError, LostProcessError, NonFiniteError
@@ -117,7 +119,8 @@ class Trainer:
                                  cfg.train.on_nan, warn)
         self.watch = RunWatch(cfg, self.dataset, self.mean, self.std, self.device, self.precision, processes)
         self.step = 0
-        self.bad_files: dict[str, str] = {}  # path -> reason, each reported once
+        self.bad_files: dict[str, str] = {}  # path -> reason, each reported once (this rank's)
+        self.bad_file_count = 0  # over every rank
         if resume:
             self._resume(fallback)
         self.loader = build_loader(cfg, data, self.step, processes, self.device, self.views)
@@ -167,17 +170,26 @@ class Trainer:
             self.watch.picture_masks(images, masks, self.model.encoder.grid, self.cfg.model.patch_size,
                                      self.step)
 
-    def _note_skipped_files(self, skipped: list[tuple[str, str]]) -> None:
-        """Warn once per unreadable file; stop when more than data.max_bad_fraction are bad."""
+    def _note_skipped_files(self, skipped: list[tuple[str, str]]) -> int:
+        """Warn once per unreadable file; returns how many this rank had not seen before."""
+        new = 0
         for path, reason in skipped:
             if path not in self.bad_files:
                 self.bad_files[path] = reason
+                new += 1
                 self.warn(f"imagejepa: warning: skipped unreadable image {path} ({reason})")
+        return new
+
+    def _check_bad_files(self, new_over_ranks: int) -> None:
+        """Stop when more than data.max_bad_fraction of the files were unreadable, counted over
+        every rank: every rank raises at the same step (the count is agreed)."""
+        self.bad_file_count += new_over_ranks
         limit = self.cfg.data.max_bad_fraction * len(self.dataset)
-        if len(self.bad_files) > limit:
+        if self.bad_file_count > limit:
+            mine = f"; the last here: {', '.join(list(self.bad_files.items())[-1])}" if self.bad_files else ""
             raise DataError(
-                f"{len(self.bad_files)} of the {len(self.dataset)} image files are unreadable, more "
-                f"than data.max_bad_fraction={self.cfg.data.max_bad_fraction}; the last: {path} ({reason}). "
+                f"{self.bad_file_count} of the {len(self.dataset)} image files are unreadable, more "
+                f"than data.max_bad_fraction={self.cfg.data.max_bad_fraction}{mine}. "
                 "Fix or remove them, or raise data.max_bad_fraction"
             )
 
@@ -202,6 +214,12 @@ class Trainer:
     def _lost_contact(self, error: RuntimeError) -> LostProcessError:
         """One line instead of a collective's traceback when another rank died."""
         first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+        failure = posted_failure(self.processes)  # "rank R: cause", when the failed rank said why
+        if failure is not None:
+            rank, _, cause = failure.partition(": ")
+            return LostProcessError(
+                f"{rank} failed ({cause}); rank {self.processes.rank} stopped with it at step {self.step}. "
+                f"Last checkpoint: {self.last_checkpoint or 'none yet'}")
         return LostProcessError(
             f"rank {self.processes.rank}: lost contact with the other processes at step "
             f"{self.step} ({first_line[:200]}); another rank has probably failed, see its "
@@ -250,8 +268,7 @@ class Trainer:
               contextlib.closing(self.watch), contextlib.closing(iter(self.loader)) as batches):
             while self.step < stop:
                 images, _, skipped = _next_batch(batches)
-                if skipped:
-                    self._note_skipped_files(skipped)
+                new_bad_files = self._note_skipped_files(skipped)
                 result = self.train_step(images, self.step)
                 now = time.perf_counter()
                 self.throughput.add(self.cfg.data.batch_size)
@@ -263,7 +280,11 @@ class Trainer:
                         result.host["knn_top1"] = self.watch.knn(self.model.evaluated_encoder, self.step,
                                                                  is_sharded(self.model))
                 agreed = agree_after_step(self.processes, signals.received is not None,
-                                          now - start_time, len(skipped))
+                                          now - start_time, len(skipped), new_bad_files)
+                if agreed.new_bad_files:
+                    self._check_bad_files(agreed.new_bad_files)
+                if self.step == first_step:  # the first step (and any compilation) is done
+                    set_collective_timeout(self.processes, self.cfg.dist.timeout_minutes)
                 result.host.update(step=self.step, epoch=self.step // self.steps_per_epoch,
                                    skipped_images=agreed.skipped_images, elapsed_s=agreed.main_seconds)
                 pending.append(result)
@@ -311,8 +332,8 @@ class Trainer:
         if clock is not None and len(self.schedules.fits) > 2:
             self.log(f"imagejepa: the schedule was refitted {len(self.schedules.fits) - 2} time(s) to the "
                      f"speed; it ends at step {self.total_steps}, {self.train_seconds / 60:.1f} min trained")
-        if self.bad_files:
-            self.log(f"imagejepa: skipped {len(self.bad_files)} unreadable image file(s), named above")
+        if self.bad_file_count:
+            self.log(f"imagejepa: skipped {self.bad_file_count} unreadable image file(s), named above")
         stopped = agree_after_step(self.processes, signals.received is not None, 0.0).stop
         if stopped:
             raise Preempted(self._signal_name(signals), self.step, path)
