@@ -12,6 +12,7 @@ optimiser step with ``momentum`` from the schedule.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -106,10 +107,13 @@ class IJEPA(Method):
         return loss, metrics
 
 
-def build_encoder(model_cfg) -> Encoder:
-    """The encoder described by a :class:`~imagejepa.config.ModelConfig`."""
+def build_encoder(model_cfg, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> Encoder:
+    """The encoder described by a :class:`~imagejepa.config.ModelConfig`, on ``device`` in ``dtype``."""
     m = model_cfg
-    return Encoder(m.arch, m.patch_size, m.img_size, m.in_chans, depth=m.depth)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        encoder = Encoder(m.arch, m.patch_size, m.img_size, m.in_chans, depth=m.depth)
+    return encoder if dtype is None else encoder.to(dtype)
 
 
 def build_ijepa(cfg) -> IJEPA:

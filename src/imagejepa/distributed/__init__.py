@@ -16,11 +16,18 @@ from .processes import (
     start_processes,
     stop_processes,
 )
-from .wrap import STRATEGIES, gradient_sync, is_sharded, local_shard, wrap_data_parallel
+from .wrap import (
+    STRATEGIES,
+    fill_from_whole,
+    gradient_sync,
+    is_sharded,
+    local_shard,
+    wrap_data_parallel,
+)
 
 __all__ = [
     "SINGLE", "STRATEGIES", "Agreement", "FailureWatch", "Processes", "agree_after_step", "barrier",
-    "gradient_sync", "is_sharded", "local_shard", "lost_contact", "post_failure", "posted_failure",
-    "processes_from_env", "set_collective_timeout", "start_processes", "stop_processes", "sum_over_ranks",
-    "text_from_main", "wrap_data_parallel",
+    "fill_from_whole", "gradient_sync", "is_sharded", "local_shard", "lost_contact", "post_failure",
+    "posted_failure", "processes_from_env", "set_collective_timeout", "start_processes", "stop_processes",
+    "sum_over_ranks", "text_from_main", "wrap_data_parallel",
 ]

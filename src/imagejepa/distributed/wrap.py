@@ -74,6 +74,21 @@ def local_shard(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+@torch.no_grad()
+def fill_from_whole(param: torch.Tensor, whole: torch.Tensor) -> None:
+    """Write ``whole`` (the whole tensor, on any device) into ``param``: all of it, or this
+    rank's shard of it when FSDP2 sharded ``param`` (the shard as the DTensor lays it out;
+    no communication, every rank holds ``whole``)."""
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        whole = whole.to(param.to_local().device, param.dtype)
+        shard = distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
+        param.to_local().copy_(shard.to_local())
+    else:
+        param.copy_(whole)
+
+
 def is_sharded(module: nn.Module) -> bool:
     """Whether FSDP2 has sharded ``module``'s parameters."""
     return any(hasattr(p, "to_local") for p in module.parameters())

@@ -11,6 +11,10 @@ a step and the encoder its probes read; the training loop knows none of them by 
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
+
 from .base import Method
 
 METHODS = ("ijepa", "mae", "dino", "ijepa_pixels")
@@ -18,9 +22,16 @@ METHODS = ("ijepa", "mae", "dino", "ijepa_pixels")
 __all__ = ["METHODS", "Method", "build_method"]
 
 
-def build_method(cfg) -> Method:
-    """The method ``cfg.method.name`` of a :class:`~imagejepa.config.Config`, freshly initialised
-    (from the global RNG: seed it first)."""
+def build_method(cfg, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Method:
+    """The method ``cfg.method.name`` of a :class:`~imagejepa.config.Config`, built on ``device``
+    (``"meta"``: shapes only, no memory) in ``dtype``, initialised from the global RNG (the
+    trainer draws it again with :meth:`Method.initialise`, the same on any number of ranks)."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = _build(cfg)
+    return model if dtype is None else model.to(dtype)
+
+
+def _build(cfg) -> Method:
     name = cfg.method.name
     if name == "ijepa":
         from ..jepa import build_ijepa

@@ -18,11 +18,17 @@ The trainer, its checkpoints, DDP and FSDP2 go through these names only.
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torch import nn
 
 from ..data.transforms import TrainTransform
-from ..distributed import local_shard
+from ..distributed import fill_from_whole, local_shard
+from ..models.layers import initial_value
+from ..utils.seeds import mix_seed
+
+INIT_STREAM = 0x1A17
 
 
 class Method(nn.Module):
@@ -52,6 +58,31 @@ class Method(nn.Module):
 
     def begin_step(self, warmup_progress: float) -> None:
         """Told before each step how far the learning-rate warm-up is (0 to 1)."""
+
+    @torch.no_grad()
+    def initialise(self, seed: int) -> None:
+        """Draw every parameter anew, each from its own generator seeded by ``seed`` and the
+        parameter's name (``encoder.blocks.0.attn.qkv.weight``), on the CPU, then copy it where
+        the parameter lives, whole or as this rank's shard: the same values whether the model
+        was built whole or on the meta device, on one process or sharded over many. Each EMA
+        follower then starts as a copy of the network it follows."""
+        followers = {follower for follower, _ in self.ema_pairs}
+        drawn = 0
+        for network in (n for n in self.networks if n not in followers):
+            for module_name, owner in getattr(self, network).named_modules(prefix=network):
+                for name, param in owner.named_parameters(recurse=False):
+                    stream = zlib.crc32(f"{module_name}.{name}".encode())
+                    g = torch.Generator().manual_seed(mix_seed(seed, INIT_STREAM, stream))
+                    fill_from_whole(param, initial_value(owner, name, param.shape, g))
+                    drawn += 1
+        for follower, followed in self.ema_pairs:
+            for target, online in zip(getattr(self, follower).parameters(),
+                                      getattr(self, followed).parameters(), strict=True):
+                local_shard(target).copy_(local_shard(online))
+                drawn += 1
+        if drawn != len(list(self.parameters())):
+            raise AssertionError(f"initialise: {drawn} parameters drawn of {len(list(self.parameters()))}; "
+                                 "a parameter lies outside the networks the method names")
 
     @torch.no_grad()
     def update_target(self, momentum: float, moving: torch.Tensor | None = None) -> None:

@@ -149,7 +149,17 @@ def _plain_inference(x: torch.Tensor) -> bool:
         return True
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
+def place_buffer(value: torch.Tensor, beside: torch.Tensor) -> torch.Tensor:
+    """A buffer computed from the model's shape, moved beside the parameter ``beside``; left
+    where it is while the parameters are on the meta device (they get their values later,
+    the buffer keeps its own)."""
+    return value if beside.device.type == "meta" else value.to(beside.device)
+
+
+INIT_STD = 0.02
+
+
+def init_weights(module: nn.Module, std: float = INIT_STD) -> None:
     """I-JEPA initialisation: Linear/Conv trunc-normal(std), biases 0, LayerNorm (1, 0)."""
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         nn.init.trunc_normal_(module.weight, std=std)
@@ -158,6 +168,17 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def initial_value(owner: nn.Module, name: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """The initial value of ``owner``'s own parameter ``name`` by :func:`init_weights`' rules
+    (a network's own tokens and tables, a mask token or a position table: trunc-normal too),
+    drawn on the CPU in fp32 from ``generator``."""
+    if isinstance(owner, nn.LayerNorm):
+        return torch.ones(shape) if name == "weight" else torch.zeros(shape)
+    if isinstance(owner, (nn.Linear, nn.Conv2d)) and name == "bias":
+        return torch.zeros(shape)
+    return nn.init.trunc_normal_(torch.empty(shape), std=INIT_STD, generator=generator)
 
 
 def run_block(block: nn.Module, x: torch.Tensor, recompute: bool, **kwargs) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import LAYER_NORM_EPS, Block, init_weights, run_block
+from .layers import LAYER_NORM_EPS, Block, init_weights, place_buffer, run_block
 from .pos_embed import sincos_2d
 from .vit import gather_tokens
 
@@ -50,7 +50,7 @@ class Predictor(nn.Module):
 
     def set_grid(self, grid: tuple[int, int]) -> None:
         self.grid = tuple(grid)
-        pos = sincos_2d(self.pred_dim, *self.grid)[None].to(self.mask_token.device)
+        pos = place_buffer(sincos_2d(self.pred_dim, *self.grid)[None], self.mask_token)
         self.register_buffer("pos_embed", pos, persistent=False)
 
     def forward(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import LAYER_NORM_EPS, Block, PatchEmbed, init_weights, run_block
+from .layers import LAYER_NORM_EPS, Block, PatchEmbed, init_weights, place_buffer, run_block
 from .pos_embed import resample_grid, sincos_2d
 
 
@@ -119,8 +119,7 @@ class Encoder(nn.Module):
         self.grid = (h // p, w // p)
         if self.pos_kind == "sincos":
             # Not persistent: a pure function of the grid, recomputed rather than loaded.
-            device = self.patch_embed.proj.weight.device
-            pos = sincos_2d(self.embed_dim, *self.grid)[None].to(device)
+            pos = place_buffer(sincos_2d(self.embed_dim, *self.grid)[None], self.patch_embed.proj.weight)
             self.register_buffer("pos_embed", pos, persistent=False)
 
     def position_embedding(self) -> torch.Tensor:

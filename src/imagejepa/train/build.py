@@ -5,14 +5,16 @@ is read or the model built."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..config import Config, ConfigError, check_batch_split
 from ..data import TrainLoader, build_dataset, channel_stats, check_data_path
-from ..distributed import Processes
+from ..distributed import Processes, wrap_data_parallel
 from ..methods import Method, build_method
 from . import budget
 from .optim import build_optimizer
@@ -84,15 +86,52 @@ def plan_length(cfg: Config, steps_per_epoch: int, step_flops: float | None = No
     return max_steps, schedules, schedules.total_steps if fits else max_steps
 
 
-def build_model(cfg: Config, device: torch.device) -> Method:
-    """The method ``method.name`` (same initial weights on every rank: seeded)."""
-    torch.manual_seed(cfg.train.seed)
-    model = build_method(cfg).to(device)
+def build_model(cfg: Config) -> Method:
+    """The method ``method.name`` with its parameters on the meta device (no memory, no
+    values yet: :func:`place_model` gives them) and its buffers (sin-cos positions, a
+    centre) built as usual."""
+    with parameters_on_meta():
+        model = build_method(cfg)
     if cfg.train.activation_checkpointing:
         for network in model.trained_networks():
             if hasattr(network, "checkpoint_blocks"):
                 network.checkpoint_blocks = True
     return model
+
+
+def place_model(model: Method, cfg: Config, processes: Processes, device: torch.device,
+                precision: str) -> nn.Module:
+    """Shard (FSDP2) ``model`` while its parameters are on the meta device, then make them
+    real on ``device`` and draw them (:meth:`Method.initialise`: the same values whatever the
+    number of processes), then wrap (DDP); returns the model as trained. A model larger than
+    one device is never whole on it."""
+    sharded = processes.started and cfg.dist.strategy == "fsdp"
+    trained = wrap_data_parallel(model, processes, device, "fsdp", precision) if sharded else None
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    model.initialise(cfg.train.seed)
+    return trained if sharded else wrap_data_parallel(model, processes, device, cfg.dist.strategy, precision)
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Parameters registered inside are moved to the meta device as they are registered (no
+    initialisation, and no memory beyond one parameter's empty allocation at a time)."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
 
 
 def build_model_optimizer(cfg: Config, model: Method, device: torch.device) -> torch.optim.Optimizer:

@@ -41,7 +41,6 @@ from ..distributed import (
     lost_contact,
     posted_failure,
     set_collective_timeout,
-    wrap_data_parallel,
 )
 from ..errors import ImageJepaError, LostProcessError, NonFiniteError
 from ..masking import Masks
@@ -55,6 +54,7 @@ from .build import (
     build_model_optimizer,
     build_views,
     check_startable,
+    place_model,
     plan_length,
 )
 from .flops import config_step_flops
@@ -103,7 +103,7 @@ class Trainer:
         self.steps_per_epoch = data.steps_per_epoch
         self.train_seconds = 0.0  # training time of the run so far, earlier processes included
 
-        self.model = build_model(cfg, self.device)
+        self.model = build_model(cfg)  # parameters on the meta device until place_model
         self.views = build_views(cfg, data, self.model)
         # FLOPs of one step, counted on the model before any sharding (the same on N processes),
         # for a budget in FLOPs (a second or so: not counted otherwise).
@@ -111,7 +111,7 @@ class Trainer:
             cfg, self.model, self.dataset, self.views)
         self.max_steps, self.schedules, self.total_steps = plan_length(cfg, self.steps_per_epoch,
                                                                        self.step_flops)
-        trained = wrap_data_parallel(self.model, processes, self.device, cfg.dist.strategy, self.precision)
+        trained = place_model(self.model, cfg, processes, self.device, self.precision)
         self.optimizer = build_model_optimizer(cfg, self.model, self.device)  # after any sharding
         forward = torch.compile(trained, dynamic=True) if cfg.train.compile else trained
         self.stepper = TrainStep(self.model, forward, self.optimizer, cfg.train.seed,
