@@ -470,6 +470,21 @@ def test_a_non_finite_loss_on_one_rank_is_skipped_or_stops_on_every_rank(tmp_pat
             assert outcome.startswith("non-finite loss (nan) at step 2; the run stopped"), outcome
 
 
+def test_hsdp_on_2_x_2_processes_trains_like_one_process(tmp_path, reference):
+    """dist.strategy=hsdp on 4 processes: 2 replicas of 2 shards (a 2-D mesh), the same losses
+    and weights as one process training the global batch; a shard size that does not divide
+    the processes is refused before anything is built."""
+    run_dir = tmp_path / "run"
+    config = config_file(tmp_path, "dist.strategy=hsdp", "dist.shard_size=2")
+    code, out, err = run_script("train_single_node.sh", run_dir, config=config, gpus=4, max_restarts=0)
+    assert code == 0, err[-3000:]
+    assert "4 processes on cpu (HSDP: 2 replicas x 2 shards)" in out
+    assert_same_training(run_dir, reference)
+    code, out, err = run_script("train_single_node.sh", tmp_path / "bad", "dist.shard_size=3",
+                                config=config, gpus=4, max_restarts=0)
+    assert code != 0 and "dist.shard_size=3 does not divide the 4 processes into shard groups" in err
+
+
 def test_fsdp_trains_like_one_process_resumes_exactly_and_its_checkpoint_evaluates(tmp_path, reference):
     """dist.strategy=fsdp (FSDP2, sharded per block, EMA on the shards) on 2 processes: the
     same losses and weights as one process (and so as DDP); stopped at step 3 and resumed

@@ -137,8 +137,11 @@ class TrainConfig:
 @dataclass
 class DistConfig:
     # With several processes: ddp (every rank holds the whole model) | fsdp (FSDP2: parameters,
-    # gradients and optimiser state sharded over ranks, per block; for models too big for one GPU).
+    # gradients and optimiser state sharded over ranks, per block; for models too big for one GPU)
+    # | hsdp (sharded within groups of dist.shard_size ranks, replicated across the groups: the
+    # way torchtitan trains across nodes, shards inside a node, replicas between nodes).
     strategy: str = "ddp"
+    shard_size: int | None = None  # hsdp: ranks per shard group (null: the ranks of one node)
     # After the first step, a collective that waits this long for another rank fails (until
     # then 30 min: nodes start apart, the first step may compile). Rank 0 writes whole
     # checkpoints while the others wait: keep it above the time of a save.
@@ -220,7 +223,7 @@ ALLOWED = {
     "train.precision": ("auto", "fp32", "bf16"),
     "train.on_nan": ("stop", "skip_step"),
     "data.on_error": ("skip", "raise"),
-    "dist.strategy": ("ddp", "fsdp"),
+    "dist.strategy": ("ddp", "fsdp", "hsdp"),
     "monitor.wandb_mode": ("offline", "online"),
 }
 
@@ -523,13 +526,18 @@ def _validate_method(me: MethodConfig) -> None:
 
 
 def check_batch_split(cfg: Config, world_size: int) -> None:
-    """The global batch must split evenly over processes and accumulation chunks."""
+    """The global batch must split evenly over processes and accumulation chunks; HSDP's shard
+    groups must split the processes."""
     parts = world_size * cfg.optim.grad_accum
     _require(
         cfg.data.batch_size % parts == 0,
         f"data.batch_size={cfg.data.batch_size} is not divisible by world size {world_size} x "
         f"optim.grad_accum {cfg.optim.grad_accum} = {parts}",
     )
+    shard = cfg.dist.shard_size
+    if cfg.dist.strategy == "hsdp" and shard is not None:
+        _require(shard >= 1 and world_size % shard == 0,
+                 f"dist.shard_size={shard} does not divide the {world_size} processes into shard groups")
 
 
 def mask_settings(cfg: Config):

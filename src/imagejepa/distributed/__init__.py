@@ -20,6 +20,7 @@ from .wrap import (
     STRATEGIES,
     fill_from_whole,
     gradient_sync,
+    hsdp_shape,
     is_sharded,
     local_shard,
     wrap_data_parallel,
@@ -27,7 +28,7 @@ from .wrap import (
 
 __all__ = [
     "SINGLE", "STRATEGIES", "Agreement", "FailureWatch", "Processes", "agree_after_step", "barrier",
-    "fill_from_whole", "gradient_sync", "is_sharded", "local_shard", "lost_contact", "post_failure",
-    "posted_failure", "processes_from_env", "set_collective_timeout", "start_processes", "stop_processes",
-    "sum_over_ranks", "text_from_main", "wrap_data_parallel",
+    "fill_from_whole", "gradient_sync", "hsdp_shape", "is_sharded", "local_shard", "lost_contact",
+    "post_failure", "posted_failure", "processes_from_env", "set_collective_timeout", "start_processes",
+    "stop_processes", "sum_over_ranks", "text_from_main", "wrap_data_parallel",
 ]

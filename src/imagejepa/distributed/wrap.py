@@ -4,7 +4,10 @@
   over ranks during ``backward``.
 - ``fsdp``: FSDP2 (``fully_shard``), per transformer block, then per network, then the root.
   Parameters, gradients and optimiser state are sharded over ranks; a block's parameters
-  are gathered just before it runs. The EMA target encoder is sharded the same way, so its
+  are gathered just before it runs.
+- ``hsdp``: the same on a 2-D mesh ``(replicas, shard_size)``: sharded within each group of
+  ``shard_size`` ranks (a node), replicated across the groups; gradients are reduce-scattered
+  in a group, then averaged across groups. The EMA target encoder is sharded the same way, so its
   update is a local operation on each rank's shard (see ``methods.base.Method.update_target``).
 
 The networks are those the method names (``model.networks``). Only those it trains have
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import warnings
 
 import torch
@@ -24,17 +28,27 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .processes import Processes
 
-STRATEGIES = ("ddp", "fsdp")
+STRATEGIES = ("ddp", "fsdp", "hsdp")
+SHARDED = ("fsdp", "hsdp")
 
 
 def wrap_data_parallel(model: nn.Module, processes: Processes, device: torch.device,
-                       strategy: str = "ddp", precision: str = "fp32") -> nn.Module:
+                       strategy: str = "ddp", precision: str = "fp32",
+                       shard_size: int | None = None) -> nn.Module:
     """``model`` itself for one process without a group; else DDP around it, or ``model``
-    sharded in place by FSDP2 (then build the optimiser afterwards, from its new parameters)."""
+    sharded in place by FSDP2 (then build the optimiser afterwards, from its new parameters).
+    ``shard_size``: HSDP's ranks per shard group (see :func:`hsdp_shape`)."""
     if not processes.started:
         return model
-    if strategy == "fsdp":
-        return _fully_shard(model, device, precision)
+    if strategy in SHARDED:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        if strategy == "fsdp":
+            mesh = init_device_mesh(device.type, (processes.world_size,), mesh_dim_names=("shard",))
+        else:
+            mesh = init_device_mesh(device.type, hsdp_shape(processes, shard_size),
+                                    mesh_dim_names=("replicate", "shard"))
+        return _fully_shard(model, device, precision, mesh)
     ids = [device.index] if device.type == "cuda" else None
     # Buffers are not re-broadcast before each forward: the model has no running statistics,
     # and its buffers are identical on every rank by construction. Newer PyTorch names the
@@ -46,7 +60,16 @@ def wrap_data_parallel(model: nn.Module, processes: Processes, device: torch.dev
 _DDP_OPTIONS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
-def _fully_shard(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
+def hsdp_shape(processes: Processes, shard_size: int | None) -> tuple[int, int]:
+    """``(replicas, shard_size)``; ``shard_size`` null: the ranks of one node (torchrun's
+    ``LOCAL_WORLD_SIZE``, else all of them)."""
+    size = shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", processes.world_size))
+    if size < 1 or processes.world_size % size:
+        raise ValueError(f"dist.shard_size={size} does not divide the {processes.world_size} processes")
+    return processes.world_size // size, size
+
+
+def _fully_shard(model: nn.Module, device: torch.device, precision: str, mesh) -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # The predictor returns a reshaped view of its output projection; FSDP2 warns that an
@@ -58,9 +81,9 @@ def _fully_shard(model: nn.Module, device: torch.device, precision: str) -> nn.M
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for network in (getattr(model, name) for name in model.networks):
         for block in _blocks(network):
-            fully_shard(block, mp_policy=policy)
-        fully_shard(network, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(network, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 

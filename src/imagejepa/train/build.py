@@ -105,8 +105,10 @@ def place_model(model: Method, cfg: Config, processes: Processes, device: torch.
     real on ``device`` and draw them (:meth:`Method.initialise`: the same values whatever the
     number of processes), then wrap (DDP); returns the model as trained. A model larger than
     one device is never whole on it."""
-    sharded = processes.started and cfg.dist.strategy == "fsdp"
-    trained = wrap_data_parallel(model, processes, device, "fsdp", precision) if sharded else None
+    d = cfg.dist
+    sharded = processes.started and d.strategy in ("fsdp", "hsdp")
+    trained = (wrap_data_parallel(model, processes, device, d.strategy, precision, d.shard_size)
+               if sharded else None)
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     model.to_empty(device=device)
     with torch.no_grad():

@@ -37,6 +37,7 @@ from ..distributed import (
     Processes,
     agree_after_step,
     barrier,
+    hsdp_shape,
     is_sharded,
     lost_contact,
     posted_failure,
@@ -361,7 +362,11 @@ class Trainer:
         p = self.processes
         if not p.started:
             return str(self.device)
-        strategy = "FSDP2" if self.cfg.dist.strategy == "fsdp" else "DDP"
+        d = self.cfg.dist
+        strategy = {"fsdp": "FSDP2", "ddp": "DDP"}.get(d.strategy)
+        if d.strategy == "hsdp":
+            replicas, shards = hsdp_shape(p, d.shard_size)
+            strategy = f"HSDP: {replicas} replicas x {shards} shards"
         return f"{_processes(p.world_size)} on {self.device.type} ({strategy})"
 
     def _batch(self) -> str:
