@@ -269,10 +269,9 @@ def cmd_pretrain(args, signals=None) -> None:
                     _check_fresh(Path(run_dir))
                 Trainer(cfg, run_dir, resume=args.resume, fallback=args.fallback,
                         processes=processes).fit(signals)
-            except Preempted:
-                raise  # every rank stops on the same step: not a failure
             except BaseException as e:  # whatever it is, the other ranks must not wait for this one
-                post_failure(processes, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+                if not isinstance(e, Preempted) and not getattr(e, "on_every_rank", False):
+                    post_failure(processes, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
                 raise
     finally:
         stop_processes(processes)

@@ -20,6 +20,10 @@ from __future__ import annotations
 class ImageJepaError(Exception):
     """Base of every error imagejepa raises on purpose; the message is meant for the user."""
 
+    # Raised by every rank of a run at the same step, from values the ranks agreed on: no
+    # rank needs telling (see imagejepa.distributed.failures).
+    on_every_rank: bool = False
+
 
 class UsageError(ImageJepaError):
     """Bad arguments, configuration or input files: one line to stderr, exit code 2."""
@@ -79,3 +83,5 @@ class LostProcessError(RunError, RuntimeError):
 
 class NonFiniteError(RunError, RuntimeError):
     """A non-finite loss or gradient; the message names the step and the last good checkpoint."""
+
+    on_every_rank = True  # the ranks read the same averaged loss and agreed flags

@@ -188,11 +188,13 @@ class Trainer:
         limit = self.cfg.data.max_bad_fraction * len(self.dataset)
         if self.bad_file_count > limit:
             mine = f"; the last here: {', '.join(list(self.bad_files.items())[-1])}" if self.bad_files else ""
-            raise DataError(
+            error = DataError(
                 f"{self.bad_file_count} of the {len(self.dataset)} image files are unreadable, more "
                 f"than data.max_bad_fraction={self.cfg.data.max_bad_fraction}{mine}. "
                 "Fix or remove them, or raise data.max_bad_fraction"
             )
+            error.on_every_rank = True
+            raise error
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, signals: StopSignals | None = None) -> dict[str, float]:
