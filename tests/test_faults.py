@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,23 +190,27 @@ sys.exit(main(sys.argv[4:]))
 
 @pytest.mark.parametrize("point", [
     "before_rename",
+    "before_rename_in_the_background",
     pytest.param("after_weights", marks=pytest.mark.slow),
     pytest.param("in_manifest", marks=pytest.mark.slow),
     pytest.param("before_latest", marks=pytest.mark.slow),
     pytest.param("in_prune", marks=pytest.mark.slow),
 ])
 def test_kill_9_while_writing_a_checkpoint(tmp_path, reference, point):
-    owner, name, nth, expected_latest = KILL_POINTS[point]
+    background = point.endswith("_in_the_background")  # train.async_checkpoint: the writer's thread
+    owner, name, nth, expected_latest = KILL_POINTS[point.removesuffix("_in_the_background")]
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     run = tmp_path / "run"
-    proc = start_training(run, f"train.max_steps={STEPS}", "train.log_every=5", driver=driver,
+    proc = start_training(run, f"train.max_steps={STEPS}", "train.log_every=5",
+                          f"train.async_checkpoint={str(background).lower()}", driver=driver,
                           driver_args=(owner, name, str(nth)))
     assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read()[-2000:]
     assert_checkpoints_sound(run)
     assert ckpt.find_checkpoint(run).name == expected_latest
     leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith((".tmp", ".del"))]
-    if point in ("after_weights", "in_manifest", "before_rename", "in_prune"):
+    if point.removesuffix("_in_the_background") in ("after_weights", "in_manifest", "before_rename",
+                                                    "in_prune"):
         assert leftovers, "the kill should have left a partial folder behind"
     continue_run(run)
     assert_same_run(run, reference)
@@ -404,7 +409,10 @@ def test_verification_names_the_bad_file(tmp_path, damage, message):
     assert str(folder / name) in str(info.value)
 
 
-def test_disk_full_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("background", [False, True])
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch, background):
+    """Also when the checkpoint is written in the background (train.async_checkpoint): its
+    error stops the run at the next save, the one before it intact."""
     run = tmp_path / "run"
     real_save_file = ckpt.save_file
 
@@ -415,7 +423,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
         return real_save_file(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(ckpt, "save_file", fills_the_disk_at_step_4)
-    assert main(cli_args(run, "train.max_steps=8")) == 1
+    assert main(cli_args(run, "train.max_steps=8", f"train.async_checkpoint={str(background).lower()}")) == 1
     err = error_line(capsys.readouterr().err)
     assert "could not write the checkpoint of step 4" in err and "No space left on device" in err
     assert "step_00000002" in err and "is intact" in err
@@ -710,3 +718,22 @@ def test_every_torch_load_in_the_library_is_weights_only():
     assert calls, "expected at least the train_state loader"
     for name, call in calls:
         assert "weights_only=True" in call, f"{name}: {call}"
+
+
+def test_checkpoints_written_in_the_background_hold_what_the_step_held(tmp_path, reference):
+    """train.async_checkpoint: every checkpoint is the state of its step although training
+    went on while it was written (the state is copied first): the same losses, the same final
+    weights, the same checkpoints kept, and a resume from the one before the last ends equal."""
+    run = tmp_path / "run"
+    Trainer(config(f"train.max_steps={STEPS}", "train.async_checkpoint=true"), run,
+            log=quiet, warn=quiet).fit()
+    assert_same_run(run, reference)
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept == ["latest", "step_00000008", "step_00000010"]
+    assert_checkpoints_sound(run)
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    shutil.rmtree(again / "checkpoints" / "step_00000010")
+    (again / "checkpoints" / "latest").write_text("step_00000008\n")
+    continue_run(again)
+    assert_same_run(again, reference)

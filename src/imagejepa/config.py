@@ -123,6 +123,9 @@ class TrainConfig:
     checkpoint_every_minutes: float | None = 30.0
     keep_last: int = 3  # complete checkpoints kept on disk (older ones are deleted)
     keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
+    # Write checkpoints in the background while training goes on (at most one in flight; the
+    # state is copied to the CPU first). The run's end and a stop signal wait for it.
+    async_checkpoint: bool = False
     on_nan: str = "stop"  # a non-finite loss or gradient: stop | skip_step
     collapse_std: float | None = 0.15  # warn when the target features' per-dim std falls below
     precision: str = "auto"  # auto | fp32 | bf16

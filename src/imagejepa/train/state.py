@@ -8,9 +8,12 @@ resumes on M, with either strategy."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils._pytree import tree_map
 
 from .. import checkpoint as ckpt
 from ..distributed import is_sharded
@@ -27,6 +30,42 @@ def gather_training_state(model, optimizer) -> tuple[dict[str, torch.Tensor], di
     tensors = {f"{name}.{k}": v for name in model.networks
                for k, v in getattr(model, name).state_dict().items()}
     return tensors, optimizer.state_dict()
+
+
+def snapshot(tensors: dict[str, torch.Tensor], optimizer_state: dict) -> tuple[dict, dict]:
+    """Copies on the CPU of the state to save, which training may change from now on."""
+    copy = lambda t: t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return {k: copy(v) for k, v in tensors.items()}, tree_map(copy, optimizer_state)
+
+
+class BackgroundWriter:
+    """Writes one checkpoint at a time in a thread while training goes on: :meth:`submit`
+    waits for the previous write first, :meth:`wait` for the current one, and either raises
+    the error a write ended with (the checkpoint before it is intact: writes are atomic)."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, write: Callable[[], object]) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as e:  # noqa: BLE001 - raised in the training thread by wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="imagejepa-checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def save_training_state(checkpoints_dir: Path, step: int, tensors: dict[str, torch.Tensor],

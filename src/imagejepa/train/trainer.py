@@ -63,7 +63,14 @@ from .metrics_log import MetricsLog, metric_columns
 from .preempt import Preempted, StopSignals
 from .recipe import resolve_recipe
 from .schedules import Schedules
-from .state import find_resume_point, gather_training_state, load_training_state, save_training_state
+from .state import (
+    BackgroundWriter,
+    find_resume_point,
+    gather_training_state,
+    load_training_state,
+    save_training_state,
+    snapshot,
+)
 from .step import StepResult, TrainStep, batch_size_of
 from .watch import RunWatch
 
@@ -122,6 +129,7 @@ class Trainer:
         self.step = 0
         self.bad_files: dict[str, str] = {}  # path -> reason, each reported once (this rank's)
         self.bad_file_count = 0  # over every rank
+        self.writer = BackgroundWriter()  # train.async_checkpoint: the checkpoint being written
         if resume:
             self._resume(fallback)
         self.loader = build_loader(cfg, data, self.step, processes, self.device, self.views)
@@ -203,6 +211,14 @@ class Trainer:
 
         ``signals``: stop signals already being caught (the command line catches them from
         its start, so that one arriving while the run is built still ends in exit 75)."""
+        try:
+            return self._fit(signals)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stops the run is the one to report
+                self.writer.wait()  # a checkpoint being written is finished first
+            raise
+
+    def _fit(self, signals: StopSignals | None) -> dict[str, float]:
         catching = contextlib.nullcontext(signals) if signals is not None else StopSignals()
         with catching as signals:
             try:
@@ -332,6 +348,7 @@ class Trainer:
             metrics.flush()
             # Still inside StopSignals: a SIGTERM now must not interrupt the final save.
             path = self.save()
+            self.writer.wait()  # written (in the background or not) before the run says so
         if clock is not None and len(self.schedules.fits) > 2:
             self.log(f"imagejepa: the schedule was refitted {len(self.schedules.fits) - 2} time(s) to the "
                      f"speed; it ends at step {self.total_steps}, {self.train_seconds / 60:.1f} min trained")
@@ -419,10 +436,15 @@ class Trainer:
         if self.processes.is_main or is_sharded(self.model):  # gathering shards takes every rank
             tensors, optimizer_state = gather_training_state(self.model, self.optimizer)
         if self.processes.is_main:
-            path = save_training_state(
-                checkpoints, self.step, tensors, optimizer_state, self.train_seconds, self._meta(),
-                self.cfg.train.keep_last, self.cfg.train.keep_every, self.last_checkpoint,
-            )
+            t = self.cfg.train
+            args = (checkpoints, self.step, tensors, optimizer_state, self.train_seconds, self._meta(),
+                    t.keep_last, t.keep_every, self.last_checkpoint)
+            if t.async_checkpoint:  # written while training goes on; `latest` moves when it is done
+                copied = (*args[:2], *snapshot(*args[2:4]), *args[4:])
+                self.writer.submit(lambda: save_training_state(*copied))
+                path = checkpoints / ckpt.checkpoint_name(self.step)
+            else:
+                path = save_training_state(*args)
         else:
             path = checkpoints / ckpt.checkpoint_name(self.step)
         self.last_checkpoint = path
