@@ -9,8 +9,10 @@ on one thread (two of them share this machine's cores).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -487,21 +489,40 @@ def test_hsdp_on_2_x_2_processes_trains_like_one_process(tmp_path, reference):
 
 def test_fsdp_trains_like_one_process_resumes_exactly_and_its_checkpoint_evaluates(tmp_path, reference):
     """dist.strategy=fsdp (FSDP2, sharded per block, EMA on the shards) on 2 processes: the
-    same losses and weights as one process (and so as DDP); stopped at step 3 and resumed
-    sharded, with grad_accum 2 and activation checkpointing from there on, it ends equal;
-    its checkpoint is the single-folder kind that eval reads."""
+    same losses and weights as one process (and so as DDP). Its checkpoints are sharded (each
+    rank wrote its own shards, the manifest lists them); stopped at step 3 and resumed on 2
+    processes, with grad_accum 2 and activation checkpointing from there on, it ends equal,
+    and so does the same checkpoint resumed on one process; eval reads the sharded
+    checkpoint, and convert writes it in the single-folder format."""
     run_dir, config = tmp_path / "run", config_file(tmp_path, "dist.strategy=fsdp")
     later = ["optim.grad_accum=2", "train.activation_checkpointing=true"]
     for steps, extra in ((3, []), (STEPS, later)):  # a first part, then --resume auto continues it
         code, out, err = run_script("train_single_node.sh", run_dir, f"train.max_steps={steps}", *extra,
                                     config=config, gpus=2, max_restarts=0)
         assert code == 0, err[-3000:]
+        if steps == 3:
+            first = run_dir / "checkpoints" / "step_00000003"
+            assert sorted(p.name for p in (first / "shards").iterdir()) == [".metadata", "__0_0.distcp",
+                                                                            "__1_0.distcp"]
+            listed = json.loads((first / "manifest.json").read_text())["files"]
+            assert {"shards/.metadata", "shards/__0_0.distcp", "shards/__1_0.distcp"} <= listed.keys()
+            assert not (first / "model.safetensors").exists()
+            one = tmp_path / "one"
+            shutil.copytree(run_dir, one)
+    # The sharded checkpoint of step 3 resumed on one process (resharded: whole).
+    Trainer(load_config(None, RUN + ["dist.strategy=fsdp"]), one, resume=True, log=quiet, warn=quiet).fit()
+    assert_same_training(one, reference)
     assert "2 processes on cpu (FSDP2)" in out and "resumed from" in out and "step_00000003" in out
     assert_same_training(run_dir, reference)
     from imagejepa.cli import main
 
     assert main(["eval", "knn", "--checkpoint", str(run_dir), "--data", "synthetic",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert main(["convert", str(run_dir), str(tmp_path / "whole")]) == 0
+    whole = ckpt.load_tensors(tmp_path / "whole")
+    sharded = final_tensors(run_dir)
+    assert whole.keys() <= sharded.keys() and all(torch.equal(whole[k], sharded[k]) for k in whole)
+    assert {k.split(".")[0] for k in whole} == {"encoder", "target_encoder", "predictor"}
 
 
 def test_tar_shards_train_on_two_processes_and_resume_exactly(tmp_path):

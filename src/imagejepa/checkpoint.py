@@ -10,6 +10,13 @@ A checkpoint is a folder ``checkpoints/step_00000020/`` holding
 - ``meta.json``: step, epoch, the resolved config, architecture and normalisation;
 - ``manifest.json``: size and sha256 of each of the files above, written last.
 
+A run sharded by FSDP2 or HSDP writes a **sharded** checkpoint instead: ``shards/`` in
+``torch.distributed.checkpoint``'s layout (one file per rank, with the networks' weights and
+the optimiser state, plus ``.metadata``) in place of ``model.safetensors``, each rank writing
+only its own shards; ``train_state.pt`` then holds the step, RNG state and time only. The
+manifest lists every file, each rank's hashed by that rank. The same atomic protocol holds;
+:func:`load_tensors` reads the weights whole on one process (``eval``, ``embed``, ``convert``).
+
 The folder is written under a temporary name, flushed to disk and renamed into place;
 then the ``latest`` file (the folder's name) is replaced atomically. A crash at any moment
 leaves the previous complete checkpoint and a ``latest`` that names a complete one.
@@ -19,11 +26,13 @@ older complete one is used instead only when the caller asks for it (``fallback=
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +44,8 @@ from .utils.files import atomic_write_text, fsync_dir, fsync_file, sha256_of
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "train_state.pt", "meta.json"
 MANIFEST, LATEST = "manifest.json", "latest"
+SHARDS = "shards"  # a sharded checkpoint's torch.distributed.checkpoint folder
+SHARDS_METADATA = f"{SHARDS}/.metadata"
 DATA_FILES = (MODEL_FILE, STATE_FILE, META_FILE)
 PLAIN_TYPES = (bool, int, float, str, type(None), torch.Tensor)
 
@@ -105,6 +116,52 @@ def save_checkpoint(
     return final
 
 
+def new_temporary_folder(checkpoints_dir: Path, step: int) -> Path:
+    """Where a checkpoint of ``step`` is written before it is renamed into place."""
+    return Path(checkpoints_dir) / f".tmp-{checkpoint_name(step)}-{uuid.uuid4().hex[:8]}"
+
+
+def file_entries(folder: Path, names) -> dict[str, dict]:
+    """``{name: {size, sha256}}`` of ``names`` in ``folder`` (a manifest's entries)."""
+    return {name: {"size": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)}
+            for name in names}
+
+
+def finish_sharded_checkpoint(tmp: Path, step: int, shard_entries: dict[str, dict], train_state: dict,
+                              meta: dict, keep_last: int | None = None,
+                              keep_every: int | None = None) -> Path:
+    """Complete a sharded checkpoint whose ranks have written ``tmp/shards`` (and hashed their
+    files: ``shard_entries``): the train state, meta and manifest, then the rename into place
+    and ``latest``, as :func:`save_checkpoint`. Rank 0 alone calls it."""
+    check_plain(train_state)
+    checkpoints_dir, final = tmp.parent, tmp.parent / checkpoint_name(step)
+    try:
+        torch.save(train_state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        for name in (STATE_FILE, META_FILE):
+            fsync_file(tmp / name)
+        files = {**shard_entries, **file_entries(tmp, (STATE_FILE, META_FILE))}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
+        fsync_file(tmp / MANIFEST)
+        fsync_dir(tmp / SHARDS)
+        fsync_dir(tmp)
+        if final.exists():  # a re-save of the same step
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        fsync_dir(checkpoints_dir)
+        _point_latest(checkpoints_dir, final.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep_last:
+        prune(checkpoints_dir, keep_last, keep_every, keep=final.name)
+    return final
+
+
+def is_sharded_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / SHARDS_METADATA).is_file()
+
+
 def _point_latest(checkpoints_dir: Path, name: str) -> None:
     atomic_write_text(checkpoints_dir / LATEST, name + "\n")
 
@@ -167,15 +224,15 @@ def write_manifest(folder: Path, step: int, names) -> None:
     Training checkpoints list all of DATA_FILES; a weights-only checkpoint (an import from
     another format) lists the weights and meta.json only, and cannot be resumed from.
     """
-    files = {name: {"size": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)}
-             for name in names}
+    files = file_entries(folder, names)
     (folder / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
     fsync_file(folder / MANIFEST)
 
 
-def verify_checkpoint(folder: Path) -> None:
+def verify_checkpoint(folder: Path, share: tuple[int, int] = (0, 1)) -> None:
     """Raise :class:`CheckpointError` naming the first file that is missing, has the wrong
-    size or the wrong sha256 according to ``manifest.json``."""
+    size or the wrong sha256 according to ``manifest.json``. ``share=(r, n)``: check only
+    every n-th file from the r-th (each of n ranks checks its share; they agree on the verdict)."""
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     try:
@@ -184,10 +241,11 @@ def verify_checkpoint(folder: Path) -> None:
         raise CheckpointError(f"{manifest_path}: missing, so {folder} cannot be verified") from None
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({e})") from None
-    for name in (MODEL_FILE, META_FILE):
+    for name in (SHARDS_METADATA if SHARDS_METADATA in files else MODEL_FILE, META_FILE):
         if name not in files:
             raise CheckpointError(f"{manifest_path}: lists no entry for {name}")
-    for name in files:
+    rank, ranks = share
+    for name in sorted(files)[rank::ranks]:
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing (listed in the manifest)")
@@ -214,12 +272,13 @@ def latest_checkpoint(run_or_checkpoints_dir: Path) -> Path | None:
 
 
 def find_checkpoint(run_or_checkpoints_dir: Path, fallback: bool = False,
-                    warn=lambda message: None) -> Path:
+                    warn=lambda message: None, verify=verify_checkpoint) -> Path:
     """The newest verified checkpoint of a run.
 
     Without ``fallback`` that is the one ``latest`` names, verified; any problem raises
     :class:`CheckpointError` naming the bad file. With ``fallback`` the checkpoints are tried
     newest first and each one that fails verification is reported through ``warn``.
+    ``verify(folder)``: how a folder is verified (several ranks: each its share, agreed).
     """
     d = _checkpoints_dir(Path(run_or_checkpoints_dir))
     pointer = d / LATEST
@@ -229,11 +288,11 @@ def find_checkpoint(run_or_checkpoints_dir: Path, fallback: bool = False,
         folder = d / pointer.read_text().strip()
         if not folder.is_dir():
             raise CheckpointError(f"{pointer} names {folder.name}, which does not exist")
-        verify_checkpoint(folder)
+        verify(folder)
         return folder
     for folder in reversed(complete_folders(d)):
         try:
-            verify_checkpoint(folder)
+            verify(folder)
             return folder
         except CheckpointError as e:
             warn(f"skipping checkpoint {folder.name}: {e}")
@@ -244,7 +303,7 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
     """A run folder, a checkpoints folder or a checkpoint folder -> the checkpoint folder,
     verified against its manifest."""
     path = Path(path)
-    if (path / MODEL_FILE).is_file():
+    if (path / MODEL_FILE).is_file() or is_sharded_checkpoint(path):
         folder = path
     else:
         folder = latest_checkpoint(path)
@@ -264,9 +323,39 @@ def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 
 def load_tensors(folder: Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of ``model.safetensors``; with ``prefix`` only those keys, prefix removed."""
-    tensors = load_file(str(Path(folder) / MODEL_FILE))
+    """Tensors of ``model.safetensors`` (of a sharded checkpoint: its weights, whole); with
+    ``prefix`` only those keys, prefix removed."""
+    if is_sharded_checkpoint(folder):
+        tensors = _load_sharded_weights(Path(folder) / SHARDS)
+    else:
+        tensors = load_file(str(Path(folder) / MODEL_FILE))
     return tensors if prefix is None else strip_prefix(tensors, prefix)
+
+
+def _load_sharded_weights(shards: Path) -> dict[str, torch.Tensor]:
+    """The ``model.*`` tensors of a torch.distributed.checkpoint folder, whole, in this one
+    process (no process group; the shards of every rank are read and put together)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = dcp.FileSystemReader(str(shards)).read_metadata()
+    tensors = {key: torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
+               for key, entry in metadata.state_dict_metadata.items()
+               if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(tensors, checkpoint_id=str(shards), no_dist=True)
+    return {key.removeprefix("model."): t for key, t in tensors.items()}
+
+
+def weights_digest(folder: Path) -> str:
+    """The sha256 that identifies a checkpoint's weights (of its weight file, or of its shards'
+    entries), from the manifest: nothing is read but that."""
+    files = json.loads((Path(folder) / MANIFEST).read_text())["files"]
+    if MODEL_FILE in files:
+        return files[MODEL_FILE]["sha256"]
+    shards = sorted((k, v["sha256"]) for k, v in files.items() if k.startswith(SHARDS + "/"))
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
 def load_train_state(folder: Path) -> dict[str, Any]:

@@ -5,7 +5,15 @@ needs to keep every rank in agreement (collectives.py), and a failing rank stopp
 others (failures.py). One process needs none of it:
 every function here is a no-op when no process group was started."""
 
-from .collectives import Agreement, agree_after_step, barrier, sum_over_ranks, text_from_main
+from .collectives import (
+    Agreement,
+    agree_after_step,
+    any_rank,
+    barrier,
+    merged_on_main,
+    sum_over_ranks,
+    text_from_main,
+)
 from .failures import FailureWatch, post_failure, posted_failure
 from .processes import (
     SINGLE,
@@ -27,7 +35,8 @@ from .wrap import (
 )
 
 __all__ = [
-    "SINGLE", "STRATEGIES", "Agreement", "FailureWatch", "Processes", "agree_after_step", "barrier",
+    "SINGLE", "STRATEGIES", "Agreement", "FailureWatch", "Processes", "agree_after_step", "any_rank",
+    "barrier", "merged_on_main",
     "fill_from_whole", "gradient_sync", "hsdp_shape", "is_sharded", "local_shard", "lost_contact",
     "post_failure", "posted_failure", "processes_from_env", "set_collective_timeout", "start_processes",
     "stop_processes", "sum_over_ranks", "text_from_main", "wrap_data_parallel",

@@ -61,6 +61,22 @@ def text_from_main(processes: Processes, text: str) -> str:
     return bytes(data.tolist()).rstrip(b"\0").decode()
 
 
+def merged_on_main(processes: Processes, mine: dict) -> dict:
+    """Every rank's dict ``mine`` (small, picklable) merged, on rank 0 (on the others: ``{}``)."""
+    if not processes.started:
+        return dict(mine)
+    parts = [None] * processes.world_size if processes.is_main else None
+    dist.gather_object(mine, parts, dst=0)
+    return {k: v for part in parts for k, v in part.items()} if processes.is_main else {}
+
+
+def any_rank(processes: Processes, flag: bool) -> bool:
+    """Whether ``flag`` is true on some rank (every rank gets the same answer)."""
+    if not processes.started:
+        return flag
+    return bool(sum_over_ranks(processes, torch.tensor([float(flag)])).item() > 0)
+
+
 def barrier(processes: Processes) -> None:
     """Wait for every rank (e.g. until rank 0 has written a checkpoint the others will read)."""
     if processes.started:

@@ -1,12 +1,12 @@
-"""Whole tensors from sharded ones and back, for checkpoints in the single-folder format.
-
-A checkpoint always holds the whole model and the optimiser state in the layout one process
-uses (parameters numbered in the optimiser's order), whatever the strategy that wrote it, so
-``eval``, ``embed`` and ``convert`` read it, and a run moves between one process, DDP and
-FSDP2 on resume. With FSDP2 every rank takes part in gathering; rank 0 receives the tensors
-(on the CPU) and writes them. Loading: each rank reads the file and keeps its own shards."""
+"""Checkpoints of a sharded model (FSDP2, HSDP): each rank writes and reads its own shards
+with torch.distributed.checkpoint (:func:`save_shards`, :func:`load_shards`, resharding to
+any number of processes); and a single-folder checkpoint (the whole model, the optimiser
+state numbered as one process numbers it) spread into shards on resume."""
 
 from __future__ import annotations
+
+import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,31 +18,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 SPREAD = StateDictOptions(full_state_dict=True)
-
-
-def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{name: whole tensor}`` on rank 0 (empty elsewhere); a collective: every rank calls it."""
-    return get_model_state_dict(model, options=GATHER)
-
-
-def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimiser state as ``optimizer.state_dict()`` of one process gives it (parameters
-    numbered in order), on rank 0; a collective."""
-    by_name = get_optimizer_state_dict(model, optimizer, options=GATHER)
-    if not by_name:
-        return {}
-    number, state, groups = {}, {}, []
-    for group in by_name["param_groups"]:
-        ids = []
-        for name in group["params"]:
-            number[name] = len(number)
-            ids.append(number[name])
-        groups.append({**group, "params": ids})
-    for name, value in by_name["state"].items():
-        state[number[name]] = value
-    return {"state": state, "param_groups": groups}
 
 
 def load_full_model_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -56,3 +32,38 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
     groups = [{**group, "params": [order[i] for i in group["params"]]} for group in saved["param_groups"]]
     state = {order[i]: value for i, value in saved["state"].items()}
     set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=SPREAD)
+
+
+# -- sharded checkpoints: each rank writes and reads its own shards -----------------------------
+def save_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> list[Path]:
+    """Write ``model``'s weights and ``optimizer``'s state to ``folder`` with
+    torch.distributed.checkpoint, each rank its own shards; a collective. Returns the files
+    this rank wrote (rank 0 also writes the folder's ``.metadata``)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    before = set(folder.glob("*")) if folder.is_dir() else set()
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder), sync_files=True, thread_count=1))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    mine = sorted(p for p in folder.glob(f"__{rank}_*.distcp") if p not in before)
+    return mine + ([folder / ".metadata"] if rank == 0 else [])
+
+
+def load_shards(model: nn.Module, optimizer: torch.optim.Optimizer | None, folder: Path) -> None:
+    """Read from a folder :func:`save_shards` wrote the shards this process holds now, however
+    many processes wrote it and however they sharded it (resharding: with FSDP2 or HSDP on any
+    number of ranks, DDP, or one process without a group)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    alone = not dist.is_initialized()
+    with warnings.catch_warnings():  # alone: "assuming the intent is to load in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=str(folder), no_dist=alone)
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optim"])

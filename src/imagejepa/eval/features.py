@@ -153,9 +153,8 @@ def identify_source(source) -> tuple[str, str, int]:
     except FileNotFoundError:
         folder = None
     if folder is not None:  # ours: the manifest already holds the weights' sha256
-        manifest = json.loads((folder / ckpt.MANIFEST).read_text())
         last_layers = from_dict(ckpt.load_meta(folder)["config"]).eval.last_layers
-        return str(folder), manifest["files"][ckpt.MODEL_FILE]["sha256"], last_layers
+        return str(folder), ckpt.weights_digest(folder), last_layers
     if path.is_file():
         return str(path), sha256_of(path), 1
     if path.is_dir():

@@ -1,10 +1,11 @@
 """What a checkpoint of a training run holds, and putting it back.
 
 Weights of the method's networks (``model.networks``), optimiser state, the step, torch's
-RNG state and the training time so far; the loader, masks and schedules need nothing else, being functions of
-``(seed, step)``. None of it depends on the number of processes or on how they shared the
-model (DDP or FSDP2: sharded state is gathered whole), so a run saved by N processes
-resumes on M, with either strategy."""
+RNG state and the training time so far; the loader, masks and schedules need nothing else,
+being functions of ``(seed, step)``. One process and DDP write it whole (single folder); a
+run sharded by FSDP2 or HSDP writes each rank's shards (torch.distributed.checkpoint). Either
+kind resumes on any number of processes with any strategy: single-folder state is spread
+into shards, sharded state is resharded."""
 
 from __future__ import annotations
 
@@ -20,13 +21,8 @@ from ..distributed import is_sharded
 
 
 def gather_training_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(tensors, optimiser state)`` whole, as one process holds them. Sharded (FSDP2), it
-    is a collective: every rank calls it and rank 0 receives the tensors (the others, none)."""
-    if is_sharded(model):
-        from ..distributed.sharded import full_model_state, full_optimizer_state
-
-        tensors = {k: v for k, v in full_model_state(model).items() if k.split(".", 1)[0] in model.networks}
-        return tensors, full_optimizer_state(model, optimizer)
+    """``(tensors, optimiser state)`` of a model held whole (one process, DDP), for a
+    single-folder checkpoint (a sharded model writes a sharded one instead)."""
     tensors = {f"{name}.{k}": v for name in model.networks
                for k, v in getattr(model, name).state_dict().items()}
     return tensors, optimizer.state_dict()
@@ -68,6 +64,28 @@ class BackgroundWriter:
             raise error
 
 
+def save_sharded_training_state(tmp: Path, step: int, model, optimizer, processes, train_seconds: float,
+                                meta: dict, keep_last: int | None, keep_every: int | None,
+                                previous: Path | None) -> Path:
+    """A sharded checkpoint of ``step``, every rank writing its own shards into ``tmp`` (the
+    same temporary folder on every rank); rank 0 completes it. A collective; returns its folder."""
+    from ..distributed import merged_on_main
+    from ..distributed.sharded import save_shards
+
+    written = save_shards(model, optimizer, tmp / ckpt.SHARDS)
+    entries = merged_on_main(processes, ckpt.file_entries(tmp, [str(p.relative_to(tmp)) for p in written]))
+    final = tmp.parent / ckpt.checkpoint_name(step)
+    if not processes.is_main:
+        return final
+    state = {"step": step, "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds}
+    try:
+        return ckpt.finish_sharded_checkpoint(tmp, step, entries, state, {**meta, "sharded": True},
+                                              keep_last, keep_every)
+    except OSError as e:
+        raise ckpt.CheckpointError(f"could not write the checkpoint of step {step}: {e}; the previous "
+                                   f"checkpoint ({previous or 'none'}) is intact") from e
+
+
 def save_training_state(checkpoints_dir: Path, step: int, tensors: dict[str, torch.Tensor],
                         optimizer_state: dict, train_seconds: float, meta: dict, keep_last: int | None,
                         keep_every: int | None, previous: Path | None) -> Path:
@@ -89,10 +107,10 @@ def save_training_state(checkpoints_dir: Path, step: int, tensors: dict[str, tor
         ) from e
 
 
-def find_resume_point(run_dir: Path, fallback: bool, warn) -> Path:
+def find_resume_point(run_dir: Path, fallback: bool, warn, verify=ckpt.verify_checkpoint) -> Path:
     """The checkpoint folder ``--resume`` continues from (see ``checkpoint.find_checkpoint``)."""
     try:
-        return ckpt.find_checkpoint(run_dir, fallback=fallback, warn=warn)
+        return ckpt.find_checkpoint(run_dir, fallback=fallback, warn=warn, verify=verify)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"--resume: {e}") from None
     except ckpt.CheckpointError as e:
@@ -103,8 +121,14 @@ def find_resume_point(run_dir: Path, fallback: bool, warn) -> Path:
 
 def load_training_state(folder: Path, model, optimizer) -> tuple[int, float]:
     """Load weights and optimiser state from ``folder``; returns ``(step, train_seconds)``."""
-    tensors = ckpt.load_tensors(folder)
     state = ckpt.load_train_state(folder)
+    if ckpt.is_sharded_checkpoint(folder):  # each rank reads the shards it holds now
+        from ..distributed.sharded import load_shards
+
+        load_shards(model, optimizer, folder / ckpt.SHARDS)
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"]), float(state.get("train_seconds", 0.0))
+    tensors = ckpt.load_tensors(folder)
     if is_sharded(model):  # every rank reads the whole state and keeps its shards
         from ..distributed.sharded import load_full_model_state, load_full_optimizer_state
 

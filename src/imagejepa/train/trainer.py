@@ -36,12 +36,14 @@ from ..distributed import (
     SINGLE,
     Processes,
     agree_after_step,
+    any_rank,
     barrier,
     hsdp_shape,
     is_sharded,
     lost_contact,
     posted_failure,
     set_collective_timeout,
+    text_from_main,
 )
 from ..errors import ImageJepaError, LostProcessError, NonFiniteError
 from ..masking import Masks
@@ -68,6 +70,7 @@ from .state import (
     find_resume_point,
     gather_training_state,
     load_training_state,
+    save_sharded_training_state,
     save_training_state,
     snapshot,
 )
@@ -428,14 +431,23 @@ class Trainer:
 
     # -- checkpoints (state.py) ------------------------------------------------------------
     def save(self) -> Path:
-        """Write the checkpoint of the current step (once per step; rank 0 only, the others
-        return the folder it writes); returns its folder."""
+        """Write the checkpoint of the current step (once per step); returns its folder. Rank 0
+        writes a single-folder checkpoint (the others return its folder); sharded (FSDP2,
+        HSDP), every rank writes its own shards of a sharded one."""
         if self.last_checkpoint is not None and self.last_checkpoint.name == ckpt.checkpoint_name(self.step):
             return self.last_checkpoint  # already saved: same step, same state
         checkpoints = self.run_dir / "checkpoints"
-        if self.processes.is_main or is_sharded(self.model):  # gathering shards takes every rank
-            tensors, optimizer_state = gather_training_state(self.model, self.optimizer)
+        if is_sharded(self.model):  # each rank writes its own shards
+            self.writer.wait()
+            tmp = text_from_main(self.processes, str(ckpt.new_temporary_folder(checkpoints, self.step)))
+            t = self.cfg.train
+            path = save_sharded_training_state(
+                Path(tmp), self.step, self.model, self.optimizer, self.processes, self.train_seconds,
+                self._meta(), t.keep_last, t.keep_every, self.last_checkpoint)
+            self.last_checkpoint = path
+            return path
         if self.processes.is_main:
+            tensors, optimizer_state = gather_training_state(self.model, self.optimizer)
             t = self.cfg.train
             args = (checkpoints, self.step, tensors, optimizer_state, self.train_seconds, self._meta(),
                     t.keep_last, t.keep_every, self.last_checkpoint)
@@ -467,11 +479,23 @@ class Trainer:
             **({"train_flops": self.step * self.step_flops} if self.step_flops else {}),
         }
 
+    def _verify_together(self, folder: Path) -> None:
+        """Each rank verifies its share of ``folder``'s files; all raise if any share failed."""
+        p, error = self.processes, None
+        try:
+            ckpt.verify_checkpoint(folder, share=(p.rank, p.world_size))
+        except ckpt.CheckpointError as e:
+            error = e
+        if any_rank(p, error is not None):
+            raise error or ckpt.CheckpointError(f"{folder}: a file failed verification on another rank "
+                                                "(its message names it)")
+
     def _resume(self, fallback: bool) -> None:
         if self.processes.is_main:
             self._recover()
         barrier(self.processes)  # the others read what rank 0 has tidied
-        folder = find_resume_point(self.run_dir, fallback, self.warn if self.processes.is_main else _quiet)
+        folder = find_resume_point(self.run_dir, fallback, self.warn if self.processes.is_main else _quiet,
+                                   verify=self._verify_together)
         self.step, self.train_seconds = load_training_state(folder, self.model, self.optimizer)
         self.last_checkpoint = folder
         self.log(f"imagejepa: resumed from {folder} at step {self.step}")
