@@ -525,6 +525,27 @@ def test_fsdp_trains_like_one_process_resumes_exactly_and_its_checkpoint_evaluat
     assert {k.split(".")[0] for k in whole} == {"encoder", "target_encoder", "predictor"}
 
 
+def test_fsdp_checkpoints_written_in_the_background_resume_exactly(tmp_path, reference):
+    """train.async_checkpoint under FSDP2: each rank's shards are copied to the CPU and written
+    by a thread (its collectives in a group of their own) while training goes on; the run
+    trains like one process, every kept checkpoint is complete, and the one of step 4 resumed
+    on one process ends equal."""
+    run_dir = tmp_path / "run"
+    config = config_file(tmp_path, "dist.strategy=fsdp", "train.async_checkpoint=true",
+                         "train.checkpoint_every_steps=2", "train.keep_last=3")
+    code, out, err = run_script("train_single_node.sh", run_dir, config=config, gpus=2, max_restarts=0)
+    assert code == 0, err[-3000:]
+    assert_same_training(run_dir, reference)
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == ["latest", "step_00000002", "step_00000004", "step_00000006"]
+    for name in kept[1:]:
+        ckpt.verify_checkpoint(run_dir / "checkpoints" / name)
+    (run_dir / "checkpoints" / "latest").write_text("step_00000004\n")
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000006")
+    Trainer(load_config(None, RUN), run_dir, resume=True, log=quiet, warn=quiet).fit()
+    assert_same_training(run_dir, reference)
+
+
 def test_tar_shards_train_on_two_processes_and_resume_exactly(tmp_path):
     """An image folder packed into shards (`imagejepa shard`), trained from on 2 processes,
     stopped and resumed: equal to one uninterrupted process reading the same shards."""

@@ -61,12 +61,13 @@ def text_from_main(processes: Processes, text: str) -> str:
     return bytes(data.tolist()).rstrip(b"\0").decode()
 
 
-def merged_on_main(processes: Processes, mine: dict) -> dict:
-    """Every rank's dict ``mine`` (small, picklable) merged, on rank 0 (on the others: ``{}``)."""
+def merged_on_main(processes: Processes, mine: dict, group=None) -> dict:
+    """Every rank's dict ``mine`` (small, picklable) merged, on rank 0 (on the others: ``{}``);
+    ``group``: another group of every rank than the default one."""
     if not processes.started:
         return dict(mine)
     parts = [None] * processes.world_size if processes.is_main else None
-    dist.gather_object(mine, parts, dst=0)
+    dist.gather_object(mine, parts, dst=0, group=group)
     return {k: v for part in parts for k, v in part.items()} if processes.is_main else {}
 
 

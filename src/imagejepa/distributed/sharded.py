@@ -35,19 +35,43 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 # -- sharded checkpoints: each rank writes and reads its own shards -----------------------------
-def save_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> list[Path]:
-    """Write ``model``'s weights and ``optimizer``'s state to ``folder`` with
-    torch.distributed.checkpoint, each rank its own shards; a collective. Returns the files
-    this rank wrote (rank 0 also writes the folder's ``.metadata``)."""
-    import torch.distributed as dist
+def save_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path, background: bool = False):
+    """Write ``model``'s weights and ``optimizer``'s state to the new folder ``folder`` with
+    torch.distributed.checkpoint, each rank its own shards; a collective. ``background``: the
+    state is copied to the CPU, and the files are written by a thread while training goes
+    on (its collectives in a group of their own); returns the future of that write."""
     import torch.distributed.checkpoint as dcp
 
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-    before = set(folder.glob("*")) if folder.is_dir() else set()
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder), sync_files=True, thread_count=1))
+    writer = dcp.FileSystemWriter(str(folder), sync_files=True, thread_count=1)
+    if background:
+        return dcp.async_save(state, storage_writer=writer, process_group=checkpoint_group())
+    dcp.save(state, storage_writer=writer)
+    return None
+
+
+def written_shards(folder: Path) -> list[Path]:
+    """The files of ``folder`` (written by :func:`save_shards`) this rank wrote: its shards,
+    and on rank 0 the ``.metadata``."""
+    import torch.distributed as dist
+
     rank = dist.get_rank() if dist.is_initialized() else 0
-    mine = sorted(p for p in folder.glob(f"__{rank}_*.distcp") if p not in before)
-    return mine + ([folder / ".metadata"] if rank == 0 else [])
+    return sorted(folder.glob(f"__{rank}_*.distcp")) + ([folder / ".metadata"] if rank == 0 else [])
+
+
+_CHECKPOINT_GROUP = None
+
+
+def checkpoint_group():
+    """A gloo group of every rank for the collectives of checkpoints written in the
+    background, apart from the training's (created at the first background save, which every
+    rank reaches at the same step)."""
+    import torch.distributed as dist
+
+    global _CHECKPOINT_GROUP
+    if _CHECKPOINT_GROUP is None:
+        _CHECKPOINT_GROUP = dist.new_group(backend="gloo")
+    return _CHECKPOINT_GROUP
 
 
 def load_shards(model: nn.Module, optimizer: torch.optim.Optimizer | None, folder: Path) -> None:

@@ -66,24 +66,39 @@ class BackgroundWriter:
 
 def save_sharded_training_state(tmp: Path, step: int, model, optimizer, processes, train_seconds: float,
                                 meta: dict, keep_last: int | None, keep_every: int | None,
-                                previous: Path | None) -> Path:
+                                previous: Path | None, background: BackgroundWriter | None = None) -> Path:
     """A sharded checkpoint of ``step``, every rank writing its own shards into ``tmp`` (the
-    same temporary folder on every rank); rank 0 completes it. A collective; returns its folder."""
+    same temporary folder on every rank); rank 0 completes it. A collective; returns its
+    folder. With ``background`` the shards are copied to the CPU now and written, hashed and
+    completed by ``background``'s thread on every rank while training goes on."""
     from ..distributed import merged_on_main
-    from ..distributed.sharded import save_shards
+    from ..distributed.sharded import checkpoint_group, save_shards, written_shards
 
-    written = save_shards(model, optimizer, tmp / ckpt.SHARDS)
-    entries = merged_on_main(processes, ckpt.file_entries(tmp, [str(p.relative_to(tmp)) for p in written]))
-    final = tmp.parent / ckpt.checkpoint_name(step)
-    if not processes.is_main:
-        return final
     state = {"step": step, "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds}
-    try:
-        return ckpt.finish_sharded_checkpoint(tmp, step, entries, state, {**meta, "sharded": True},
-                                              keep_last, keep_every)
-    except OSError as e:
-        raise ckpt.CheckpointError(f"could not write the checkpoint of step {step}: {e}; the previous "
-                                   f"checkpoint ({previous or 'none'}) is intact") from e
+    final = tmp.parent / ckpt.checkpoint_name(step)
+
+    def complete(future=None) -> None:
+        if future is not None:
+            future.result()
+        mine = ckpt.file_entries(tmp, [str(p.relative_to(tmp)) for p in written_shards(tmp / ckpt.SHARDS)])
+        entries = merged_on_main(processes, mine, checkpoint_group() if future is not None else None)
+        if not processes.is_main:
+            return
+        try:
+            ckpt.finish_sharded_checkpoint(tmp, step, entries, state, {**meta, "sharded": True},
+                                           keep_last, keep_every)
+        except OSError as e:
+            raise ckpt.CheckpointError(f"could not write the checkpoint of step {step}: {e}; the previous "
+                                       f"checkpoint ({previous or 'none'}) is intact") from e
+
+    if background is None:
+        save_shards(model, optimizer, tmp / ckpt.SHARDS)
+        complete()
+    else:
+        background.wait()  # one write in flight at most
+        future = save_shards(model, optimizer, tmp / ckpt.SHARDS, background=True)
+        background.submit(lambda: complete(future))
+    return final
 
 
 def save_training_state(checkpoints_dir: Path, step: int, tensors: dict[str, torch.Tensor],

@@ -443,7 +443,8 @@ class Trainer:
             t = self.cfg.train
             path = save_sharded_training_state(
                 Path(tmp), self.step, self.model, self.optimizer, self.processes, self.train_seconds,
-                self._meta(), t.keep_last, t.keep_every, self.last_checkpoint)
+                self._meta(), t.keep_last, t.keep_every, self.last_checkpoint,
+                self.writer if t.async_checkpoint else None)
             self.last_checkpoint = path
             return path
         if self.processes.is_main:
