@@ -164,20 +164,23 @@ def _pretrain(run_dir, *overrides, config=DEMO_CONFIG, tiny=True):
 def test_a_collapsing_run_is_warned_of(tmp_path, capsys):
     """EMA 0 (the target is the encoder itself) with a high learning rate: the features
     collapse within tens of steps, and the run says so, with what to try."""
-    assert _pretrain(tmp_path / "run", "optim.anti_collapse=none", "train.max_steps=60",
+    assert _pretrain(tmp_path / "run", "optim.anti_collapse=none", "train.max_steps=80",
                      "optim.ema=[0.0, 0.0]", "optim.lr=0.01", "optim.start_lr=0.01",
                      "optim.warmup_epochs=0", "monitor.every=10", "monitor.knn_every=0") == 0
     err = capsys.readouterr().err
     assert "warning: possible representation collapse" in err and "RankMe" in err
     assert "optim.lr" in err and "optim.ema" in err
     rows = [r for r in metric_rows(tmp_path / "run") if r["rankme"]]
-    assert [int(r["step"]) for r in rows] == list(range(0, 60, 10))
+    assert [int(r["step"]) for r in rows] == list(range(0, 80, 10))
     assert float(rows[-1]["rankme"]) < 0.25 * max(float(r["rankme"]) for r in rows)
     assert all(r["loss_block4"] for r in rows)
 
 
+# The std of this run's target features ends near the default collapse threshold (0.15):
+# a lower one keeps the full-collapse warning out of what this test isolates.
 PARTIAL = ["train.max_steps=200", "optim.ema=[0.996, 0.996]", "optim.lr=0.001", "optim.start_lr=0.001",
-           "optim.warmup_epochs=0", "model.depth=2", "monitor.every=10", "monitor.knn_every=0"]
+           "optim.warmup_epochs=0", "model.depth=2", "monitor.every=10", "monitor.knn_every=0",
+           "train.collapse_std=0.12"]
 
 
 def test_a_partially_collapsing_run_is_warned_of_and_the_term_against_collapse_prevents_it(tmp_path, capsys):
