@@ -198,7 +198,8 @@ class Trainer:
         self.bad_file_count += new_over_ranks
         limit = self.cfg.data.max_bad_fraction * len(self.dataset)
         if self.bad_file_count > limit:
-            mine = f"; the last here: {', '.join(list(self.bad_files.items())[-1])}" if self.bad_files else ""
+            last = list(self.bad_files.items())[-1] if self.bad_files else None
+            mine = f"; the last here: {last[0]} ({last[1]})" if last else ""
             error = DataError(
                 f"{self.bad_file_count} of the {len(self.dataset)} image files are unreadable, more "
                 f"than data.max_bad_fraction={self.cfg.data.max_bad_fraction}{mine}. "
