@@ -6,8 +6,9 @@ checkpoint) against FSDP2 on N processes (sharded checkpoint, each rank its own 
 
 A model of ViT-B/16 width (the encoder, its EMA copy, a predictor, AdamW state: about 1.9 GB
 in fp32) is built, trains one step on synthetic images and saves; then a second trainer
-resumes from that checkpoint (the first one's memory is still held). Each phase's peak resident memory (Linux ``VmHWM``, reset before the
-phase) is printed as JSON by every rank, beside the resident memory before it.
+resumes from that checkpoint (the first one's memory is still held). Each phase's peak
+resident memory (Linux ``VmHWM``, reset before the phase) is printed as JSON by every rank,
+beside the resident memory before it.
 """
 
 from __future__ import annotations
@@ -59,16 +60,20 @@ def main() -> None:
         report = {"processes": processes.world_size, "rank": processes.rank,
                   "checkpoint": "sharded" if strategy else "single-folder"}
         quiet = lambda *_: None  # noqa: E731
-        trainers = []
-        phase("build", lambda: trainers.append(Trainer(cfg, run_dir, log=quiet, warn=quiet,
-                                                       processes=processes)), report)
-        trainer = trainers.pop()
-        phase("train_one_step", lambda: trainer.train_step(next(iter(trainer.loader))[0], 0), report)
-        trainer.step = 1
-        phase("save", trainer.save, report)
-        del trainer
-        phase("resume", lambda: trainers.append(Trainer(cfg, run_dir, resume=True, log=quiet, warn=quiet,
-                                                        processes=processes)), report)
+        held = {}
+
+        def build(**kwargs) -> None:
+            held["trainer"] = Trainer(cfg, run_dir, log=quiet, warn=quiet, processes=processes, **kwargs)
+
+        def step() -> None:
+            trainer = held["trainer"]
+            trainer.train_step(next(iter(trainer.loader))[0], 0)
+            trainer.step = 1
+
+        phase("build", build, report)
+        phase("train_one_step", step, report)
+        phase("save", lambda: held["trainer"].save(), report)
+        phase("resume", lambda: build(resume=True), report)
         print(json.dumps(report), flush=True)
     finally:
         stop_processes(processes)

@@ -143,3 +143,52 @@ def test_import_reads_transformers_5_module_names_too(tmp_path):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert max_diff(encoder(images), hf(pixel_values=images).last_hidden_state) <= TOL
+
+
+def hub_cache(root, folder, repo: str, commit: str = "a1" * 20):
+    """``folder`` laid out in ``root`` as huggingface_hub caches ``repo``: blobs named by their
+    hash, the snapshot's files linking to them, ``refs/main`` naming the snapshot."""
+    import hashlib
+
+    model = root / f"models--{repo.replace('/', '--')}"
+    (model / "blobs").mkdir(parents=True)
+    (model / "snapshots" / commit).mkdir(parents=True)
+    for f in folder.iterdir():
+        blob = model / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        (model / "snapshots" / commit / f.name).symlink_to(blob)
+    (model / "refs").mkdir()
+    (model / "refs" / "main").write_text(commit)
+    return root
+
+
+def test_hf_hub_names_read_the_hub_cache_offline(tmp_path, monkeypatch, capsys):
+    """hf-hub:ORG/NAME with HF_HUB_OFFLINE=1: the cached snapshot, the same encoder and the same
+    features as its folder (load_encoder, eval); @REVISION too; a name not cached is one line,
+    exit 2, saying what to do."""
+    from imagejepa.cli import main
+
+    hf_model("tiny").save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"height": 32, "width": 32}}))
+    cache = hub_cache(tmp_path / "hub", tmp_path / "hf", "test-org/tiny-ijepa")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("hf-hub:test-org/tiny-ijepa", "hf-hub:test-org/tiny-ijepa@main"):
+        encoder, pre = load_encoder(name, which="context")  # a Hugging Face port holds that one
+        folder_encoder, folder_pre = load_encoder(tmp_path / "hf", which="context")
+        assert pre == folder_pre and pre.mean == (0.485, 0.456, 0.406)  # ImageNet's, not the port's 0.5
+        a, b = encoder.state_dict(), folder_encoder.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    reports = []
+    for i, source in enumerate(("hf-hub:test-org/tiny-ijepa", str(tmp_path / "hf"))):
+        out = tmp_path / f"report{i}.json"
+        assert main(["eval", "knn", "--checkpoint", source, "--encoder", "context", "--data", "synthetic",
+                     "--cache-dir", str(tmp_path / f"cache{i}"), "--out", str(out)]) == 0
+        reports.append(json.loads(out.read_text())["results"])
+    assert reports[0] == reports[1]
+    capsys.readouterr()
+    assert main(["convert", "hf-hub:test-org/not-cached", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hf-hub:test-org/not-cached: not in" in err[0]
+    assert "HF_HUB_OFFLINE is set" in err[0]

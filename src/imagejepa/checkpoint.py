@@ -303,7 +303,8 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
     """A run folder, a checkpoints folder or a checkpoint folder -> the checkpoint folder,
     verified against its manifest."""
     path = Path(path)
-    if (path / MODEL_FILE).is_file() or is_sharded_checkpoint(path):
+    # Ours has its meta.json beside the weights (a Hugging Face or timm folder has config.json).
+    if ((path / MODEL_FILE).is_file() and (path / META_FILE).is_file()) or is_sharded_checkpoint(path):
         folder = path
     else:
         folder = latest_checkpoint(path)

@@ -142,8 +142,11 @@ def identify_source(source) -> tuple[str, str, int]:
     or timm folder or file, or a registry name (resolved to its local file)."""
     from .. import checkpoint as ckpt
     from ..config import from_dict
+    from ..interop.hub import hub_folder, is_hub_name
     from ..interop.registry import RELEASES, get_release, locate
 
+    if is_hub_name(source):  # its local snapshot folder, identified as any folder
+        source = hub_folder(source)
     if str(source) in RELEASES:
         path = locate(get_release(str(source)))
         return str(path), sha256_of(path), 1
@@ -179,8 +182,8 @@ class FeatureExtractor:
         from ..data import build_dataset
         from ..runtime import resolve_device, resolve_precision
 
-        self.source = checkpoint
         self.checkpoint, self.weights_id, self.recipe_last_layers = identify_source(checkpoint)
+        self.source = self.checkpoint if str(checkpoint).startswith("hf-hub:") else checkpoint
         self.data_spec = data_spec
         self.device = device or resolve_device("auto")
         self.precision = resolve_precision(precision, self.device)

@@ -4,7 +4,8 @@ Hugging Face ``IJepaModel`` folders and timm state dicts (writers: :mod:`imageje
     official   a file: {"encoder", "predictor", "target_encoder", "opt", "scaler", "epoch", ...},
                keys with DDP's ``module.`` prefix; both encoders and the predictor
     imagejepa  a checkpoint folder (model.safetensors + meta.json) or a run folder
-    hf         a folder: config.json (model_type "ijepa") + model.safetensors
+    hf         a folder: config.json (model_type "ijepa") + model.safetensors; or a Hub name,
+               hf-hub:ORG/NAME[@REVISION] (:mod:`imagejepa.interop.hub`)
     timm       a folder: config.json ("architecture") + model.safetensors, or a bare state
                dict file (.safetensors / .pth / .bin) in timm ``vit_*_gap`` names
 
@@ -82,6 +83,10 @@ def read_model(path: str | Path, *, num_heads: int | None = None) -> ModelBundle
     ``num_heads`` is needed only for widths outside the architecture table when the
     format does not record heads (official, bare timm files).
     """
+    from .hub import hub_folder, is_hub_name
+
+    if is_hub_name(path):  # hf-hub:ORG/NAME[@REVISION]: its local snapshot folder
+        path = hub_folder(path)
     fmt = detect_format(path)
     try:
         return READERS[fmt](Path(path), num_heads)

@@ -33,6 +33,9 @@ class Release:
     linear_probe_top1: float | None = None  # the paper's ImageNet-1k linear probe, where given
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # Its Hugging Face port, ``hf-hub:`` + this (the target encoder; its preprocessor says
+    # 0.5/0.5, the reader applies ImageNet's normalisation above).
+    hub: str | None = None
 
     @property
     def url(self) -> str:
@@ -50,13 +53,15 @@ RELEASES: dict[str, Release] = {
     r.name: r
     for r in (
         Release("vit_huge_patch14.in1k", "vit_huge", 14, 224, 300, "ImageNet-1k",
-                "IN1K-vit.h.14-300e.pth.tar", pred_depth=12, linear_probe_top1=79.3),
+                "IN1K-vit.h.14-300e.pth.tar", pred_depth=12, linear_probe_top1=79.3,
+                hub="facebook/ijepa_vith14_1k"),
         Release("vit_huge_patch16_448.in1k", "vit_huge", 16, 448, 300, "ImageNet-1k",
-                "IN1K-vit.h.16-448px-300e.pth.tar", pred_depth=12, linear_probe_top1=81.1),
+                "IN1K-vit.h.16-448px-300e.pth.tar", pred_depth=12, linear_probe_top1=81.1,
+                hub="facebook/ijepa_vith16_1k"),
         Release("vit_huge_patch14.in22k", "vit_huge", 14, 224, 66, "ImageNet-22k",
-                "IN22K-vit.h.14-900e.pth.tar", pred_depth=12),
+                "IN22K-vit.h.14-900e.pth.tar", pred_depth=12, hub="facebook/ijepa_vith14_22k"),
         Release("vit_giant_patch16.in22k", "vit_giant", 16, 224, 44, "ImageNet-22k",
-                "IN22K-vit.g.16-600e.pth.tar", pred_depth=16),
+                "IN22K-vit.g.16-600e.pth.tar", pred_depth=16, hub="facebook/ijepa_vitg16_22k"),
     )
 }
 
