@@ -79,7 +79,7 @@ def plan_length(cfg: Config, steps_per_epoch: int, step_flops: float | None = No
             raise ConfigError(
                 f"train.budget_minutes: optim.epochs gives only {max_steps} steps, not more than "
                 f"the {budget.FIRST_FIT_STEP} the trainer times before fitting the schedule to the "
-                "budget; raise optim.epochs"
+                "budget; raise optim.epochs, or train without a time budget: --set train.budget_minutes=null"
             )
         fits = cfg.optim.schedule_fits or [(0, max_steps)]
     schedules = Schedules.from_config(cfg.optim, steps_per_epoch, fits)
