@@ -86,10 +86,9 @@ def save_checkpoint(
     check_plain(train_state)
     checkpoints_dir = Path(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoints_dir / checkpoint_name(step)
-    tmp = checkpoints_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    replaced = None
-    try:
+    tmp = new_temporary_folder(checkpoints_dir, step)
+
+    def write() -> None:
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / MODEL_FILE))
         torch.save(train_state, tmp / STATE_FILE)
@@ -97,8 +96,21 @@ def save_checkpoint(
         for name in DATA_FILES:
             fsync_file(tmp / name)
         write_manifest(tmp, step, DATA_FILES)
+
+    return _put_in_place(tmp, step, write, keep_last, keep_every)
+
+
+def _put_in_place(tmp: Path, step: int, write, keep_last: int | None, keep_every: int | None) -> Path:
+    """``write()`` the checkpoint of ``step`` into the temporary folder ``tmp``, flush it,
+    rename it into place (a re-save of the same step moves the old one aside first, and back
+    on failure), point ``latest`` at it and prune; on any error ``tmp`` is removed and the
+    previous checkpoints and ``latest`` are untouched."""
+    checkpoints_dir, final = tmp.parent, tmp.parent / checkpoint_name(step)
+    replaced = None
+    try:
+        write()
         fsync_dir(tmp)
-        if final.exists():  # a re-save of the same step: move the old one aside first
+        if final.exists():
             replaced = checkpoints_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
             os.rename(final, replaced)
         os.rename(tmp, final)
@@ -134,28 +146,16 @@ def finish_sharded_checkpoint(tmp: Path, step: int, shard_entries: dict[str, dic
     files: ``shard_entries``): the train state, meta and manifest, then the rename into place
     and ``latest``, as :func:`save_checkpoint`. Rank 0 alone calls it."""
     check_plain(train_state)
-    checkpoints_dir, final = tmp.parent, tmp.parent / checkpoint_name(step)
-    try:
+
+    def write() -> None:
         torch.save(train_state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         for name in (STATE_FILE, META_FILE):
             fsync_file(tmp / name)
-        files = {**shard_entries, **file_entries(tmp, (STATE_FILE, META_FILE))}
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
-        fsync_file(tmp / MANIFEST)
+        write_manifest(tmp, step, (STATE_FILE, META_FILE), shard_entries)
         fsync_dir(tmp / SHARDS)
-        fsync_dir(tmp)
-        if final.exists():  # a re-save of the same step
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        fsync_dir(checkpoints_dir)
-        _point_latest(checkpoints_dir, final.name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if keep_last:
-        prune(checkpoints_dir, keep_last, keep_every, keep=final.name)
-    return final
+
+    return _put_in_place(tmp, step, write, keep_last, keep_every)
 
 
 def is_sharded_checkpoint(folder: Path) -> bool:
@@ -218,13 +218,14 @@ def recover(checkpoints_dir: Path) -> list[str]:
     return done
 
 
-def write_manifest(folder: Path, step: int, names) -> None:
-    """``manifest.json``: size and sha256 of each of ``names`` in ``folder``, flushed to disk.
+def write_manifest(folder: Path, step: int, names, entries: dict[str, dict] | None = None) -> None:
+    """``manifest.json``: size and sha256 of each of ``names`` in ``folder`` (and ``entries``
+    hashed elsewhere: a sharded checkpoint's shards, by the ranks that wrote them), flushed.
 
     Training checkpoints list all of DATA_FILES; a weights-only checkpoint (an import from
     another format) lists the weights and meta.json only, and cannot be resumed from.
     """
-    files = file_entries(folder, names)
+    files = {**(entries or {}), **file_entries(folder, names)}
     (folder / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
     fsync_file(folder / MANIFEST)
 

@@ -25,6 +25,7 @@ from .processes import (
     stop_processes,
 )
 from .wrap import (
+    SHARDED,
     STRATEGIES,
     fill_from_whole,
     gradient_sync,
@@ -35,9 +36,9 @@ from .wrap import (
 )
 
 __all__ = [
-    "SINGLE", "STRATEGIES", "Agreement", "FailureWatch", "Processes", "agree_after_step", "any_rank",
-    "barrier", "merged_on_main",
-    "fill_from_whole", "gradient_sync", "hsdp_shape", "is_sharded", "local_shard", "lost_contact",
-    "post_failure", "posted_failure", "processes_from_env", "set_collective_timeout", "start_processes",
-    "stop_processes", "sum_over_ranks", "text_from_main", "wrap_data_parallel",
+    "SHARDED", "SINGLE", "STRATEGIES", "Agreement", "FailureWatch", "Processes", "agree_after_step",
+    "any_rank", "barrier", "fill_from_whole", "gradient_sync", "hsdp_shape", "is_sharded", "local_shard",
+    "lost_contact", "merged_on_main", "post_failure", "posted_failure", "processes_from_env",
+    "set_collective_timeout", "start_processes", "stop_processes", "sum_over_ranks", "text_from_main",
+    "wrap_data_parallel",
 ]

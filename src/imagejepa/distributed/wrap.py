@@ -7,8 +7,10 @@
   are gathered just before it runs.
 - ``hsdp``: the same on a 2-D mesh ``(replicas, shard_size)``: sharded within each group of
   ``shard_size`` ranks (a node), replicated across the groups; gradients are reduce-scattered
-  in a group, then averaged across groups. The EMA target encoder is sharded the same way, so its
-  update is a local operation on each rank's shard (see ``methods.base.Method.update_target``).
+  in a group, then averaged across groups.
+
+Sharded either way, the EMA target encoder is sharded as the network it follows, so its
+update is a local operation on each rank's shard (see ``methods.base.Method.update_target``).
 
 The networks are those the method names (``model.networks``). Only those it trains have
 gradients; an EMA teacher (``requires_grad=False``) follows by the EMA, which every rank

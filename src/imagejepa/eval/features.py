@@ -183,7 +183,10 @@ class FeatureExtractor:
         from ..runtime import resolve_device, resolve_precision
 
         self.checkpoint, self.weights_id, self.recipe_last_layers = identify_source(checkpoint)
-        self.source = self.checkpoint if str(checkpoint).startswith("hf-hub:") else checkpoint
+        from ..interop.hub import is_hub_name
+
+        # A Hub name is looked up once: from now on its snapshot folder stands for it.
+        self.source = self.checkpoint if is_hub_name(checkpoint) else checkpoint
         self.data_spec = data_spec
         self.device = device or resolve_device("auto")
         self.precision = resolve_precision(precision, self.device)

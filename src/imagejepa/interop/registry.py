@@ -33,8 +33,8 @@ class Release:
     linear_probe_top1: float | None = None  # the paper's ImageNet-1k linear probe, where given
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    # Its Hugging Face port, ``hf-hub:`` + this (the target encoder; its preprocessor says
-    # 0.5/0.5, the reader applies ImageNet's normalisation above).
+    # Its Hugging Face port, ``hf-hub:`` + this (the context encoder only, as the ports hold
+    # it; its preprocessor says 0.5/0.5, the reader applies ImageNet's normalisation above).
     hub: str | None = None
 
     @property

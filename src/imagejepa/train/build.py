@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import Config, ConfigError, check_batch_split
 from ..data import TrainLoader, build_dataset, channel_stats, check_data_path
-from ..distributed import Processes, wrap_data_parallel
+from ..distributed import SHARDED, Processes, wrap_data_parallel
 from ..methods import Method, build_method
 from . import budget
 from .optim import build_optimizer
@@ -106,7 +106,7 @@ def place_model(model: Method, cfg: Config, processes: Processes, device: torch.
     number of processes), then wrap (DDP); returns the model as trained. A model larger than
     one device is never whole on it."""
     d = cfg.dist
-    sharded = processes.started and d.strategy in ("fsdp", "hsdp")
+    sharded = processes.started and d.strategy in SHARDED
     trained = (wrap_data_parallel(model, processes, device, d.strategy, precision, d.shard_size)
                if sharded else None)
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
@@ -115,7 +115,7 @@ def place_model(model: Method, cfg: Config, processes: Processes, device: torch.
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
     model.initialise(cfg.train.seed)
-    return trained if sharded else wrap_data_parallel(model, processes, device, cfg.dist.strategy, precision)
+    return trained if sharded else wrap_data_parallel(model, processes, device, d.strategy, precision)
 
 
 @contextlib.contextmanager

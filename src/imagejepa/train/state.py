@@ -141,15 +141,13 @@ def load_training_state(folder: Path, model, optimizer) -> tuple[int, float]:
         from ..distributed.sharded import load_shards
 
         load_shards(model, optimizer, folder / ckpt.SHARDS)
-        torch.set_rng_state(state["torch_rng"])
-        return int(state["step"]), float(state.get("train_seconds", 0.0))
-    tensors = ckpt.load_tensors(folder)
-    if is_sharded(model):  # every rank reads the whole state and keeps its shards
+    elif is_sharded(model):  # every rank reads the whole state and keeps its shards
         from ..distributed.sharded import load_full_model_state, load_full_optimizer_state
 
-        load_full_model_state(model, tensors)
+        load_full_model_state(model, ckpt.load_tensors(folder))
         load_full_optimizer_state(model, optimizer, state["optimizer"])
     else:
+        tensors = ckpt.load_tensors(folder)
         for name in model.networks:
             getattr(model, name).load_state_dict(ckpt.strip_prefix(tensors, name))
         optimizer.load_state_dict(state["optimizer"])

@@ -439,7 +439,6 @@ class Trainer:
             return self.last_checkpoint  # already saved: same step, same state
         checkpoints = self.run_dir / "checkpoints"
         if is_sharded(self.model):  # each rank writes its own shards
-            self.writer.wait()
             tmp = text_from_main(self.processes, str(ckpt.new_temporary_folder(checkpoints, self.step)))
             t = self.cfg.train
             path = save_sharded_training_state(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data import EvalTransform
-from ..distributed import Processes
+from ..distributed import SHARDED, Processes
 from ..masking import Masks
 from ..monitor import CollapseWatch, Thresholds, advice_for
 from ..monitor.online_knn import OnlineKNN
@@ -32,7 +32,7 @@ class RunWatch:
         check_trackers(cfg.monitor)  # a missing package fails now, not after the build
         self.trackers = Trackers.off()
         self.online_knn = None
-        if processes.is_main or cfg.dist.strategy in ("fsdp", "hsdp"):  # sharded: every rank takes part
+        if processes.is_main or cfg.dist.strategy in SHARDED:  # sharded: every rank takes part
             transform = EvalTransform(cfg.model.img_size, cfg.model.in_chans, mean, std)
             self.online_knn = OnlineKNN.for_data(dataset, transform, cfg.monitor, cfg.train.seed, device,
                                                  precision, cfg.eval.last_layers)
