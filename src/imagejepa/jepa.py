@@ -32,6 +32,16 @@ def per_dim_std(features: torch.Tensor) -> torch.Tensor:
     return features.reshape(-1, features.shape[-1]).float().std(dim=0)
 
 
+def prediction_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1") -> torch.Tensor:
+    """I-JEPA's loss between ``predicted`` and ``target`` features ``(B, T, K, D)``, averaged:
+    ``"smooth_l1"`` (the official code's, beta 1) or ``"l2"`` (mean squared error, as the paper writes it)."""
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(predicted, target, beta=1.0)
+    if kind == "l2":
+        return F.mse_loss(predicted, target)
+    raise ValueError(f"loss must be 'smooth_l1' or 'l2', got {kind!r}")
+
+
 COVARIANCE_SHARE = 0.04  # VICReg's ratio of its covariance and variance coefficients (1 : 25)
 
 
@@ -82,18 +92,15 @@ class IJEPA(Method):
         context = self.encoder(images, keep=masks.context)
         predicted = self.predictor(context, masks.context, masks.targets)
         predicted, target = predicted.float(), target.float()
-        if self.loss_name == "smooth_l1":
-            loss = F.smooth_l1_loss(predicted, target, beta=1.0)
-        else:
-            loss = F.mse_loss(predicted, target)
-        prediction_loss = loss.detach()
+        loss = prediction_loss(predicted, target, self.loss_name)
+        pred_loss = loss.detach()
         if self.anti_collapse == "vc":
             variance, covariance = variance_covariance(context)
             term = variance + COVARIANCE_SHARE * covariance
             loss = loss + self.anti_collapse_weight * term
         with torch.no_grad():
             metrics = {
-                "pred_loss": prediction_loss,
+                "pred_loss": pred_loss,
                 **({"anti_collapse": term.detach()} if self.anti_collapse != "none" else {}),
                 # Std over the batch of each feature, averaged: near 0 means collapse.
                 "target_std": per_dim_std(target).mean(),

@@ -98,10 +98,26 @@ class Method(nn.Module):
                   for p in getattr(self, follower).parameters()]
         online = [local_shard(p) for _, followed in self.ema_pairs
                   for p in getattr(self, followed).parameters()]
-        if moving is None:
-            torch._foreach_lerp_(target, online, 1.0 - momentum)
-            return
-        # One weight tensor per pair: given a single 0-dim tensor, foreach_lerp takes its
-        # Scalar overload, which reads the weight back to the host.
-        weight = moving.to(target[0].dtype) * (1.0 - momentum)
-        torch._foreach_lerp_(target, online, [weight] * len(target))
+        _lerp(target, online, momentum, moving)
+
+
+@torch.no_grad()
+def ema_update(follower: nn.Module, followed: nn.Module, momentum: float) -> None:
+    """``follower = momentum * follower + (1 - momentum) * followed``, parameter by parameter
+    (one foreach lerp): the target encoder's update after each optimiser step, for a loop of
+    your own. The two modules must have the same parameters in the same order."""
+    target, online = list(follower.parameters()), list(followed.parameters())
+    if len(target) != len(online):
+        raise ValueError(f"ema_update: the follower has {len(target)} parameters, the followed {len(online)}")
+    _lerp([local_shard(p) for p in target], [local_shard(p) for p in online], momentum)
+
+
+def _lerp(target: list[torch.Tensor], online: list[torch.Tensor], momentum: float,
+          moving: torch.Tensor | None = None) -> None:
+    if moving is None:
+        torch._foreach_lerp_(target, online, 1.0 - momentum)
+        return
+    # One weight tensor per pair: given a single 0-dim tensor, foreach_lerp takes its
+    # Scalar overload, which reads the weight back to the host.
+    weight = moving.to(target[0].dtype) * (1.0 - momentum)
+    torch._foreach_lerp_(target, online, [weight] * len(target))
