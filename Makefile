@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data chromium demo test test-fast test-avx2 bench bench-quality bench-robust bench-claims lint clean
+.PHONY: install data chromium demo test test-fast test-avx2 bench bench-quality bench-robust bench-claims lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ bench-robust: install data
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# The documentation (mkdocs.yml, docs/, the API reference from the docstrings) into site/;
+# --strict: a broken link, anchor or reference fails the build.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
