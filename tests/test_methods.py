@@ -79,8 +79,9 @@ def test_mae_loss_reads_only_the_masked_patches_pixels():
     model = build_method(method_config("mae")).eval()
     images = torch.randn(2, 3, 32, 32)
     masks = model.mask_sampler()(2, torch.Generator().manual_seed(1))
-    loss, metrics = model(images, masks)
-    assert metrics["predicted"].shape == (2, 1, 12, 8 * 8 * 3)
+    with model.tap.watching():
+        loss, metrics = model(images, masks)
+    assert model.tap.features[0].shape == (2, 1, 12, 8 * 8 * 3)
     noisy = images.clone().reshape(2, 3, 4, 8, 4, 8)
     masked_row_col = None
     for b in range(2):
@@ -120,11 +121,13 @@ def test_ijepa_pixels_predicts_the_target_blocks_pixels():
     images = torch.randn(2, 3, 32, 32)
     masks = model.mask_sampler()(2, torch.Generator().manual_seed(1))
     model.target_encoder.forward = None  # any call to it would fail
-    loss, metrics = model(images, masks)
+    with model.tap.watching():
+        loss, _ = model(images, masks)
+    predicted, target = model.tap.features
     T, K = masks.targets.shape[1:]
-    assert metrics["predicted"].shape == (2, T, K, 8 * 8 * 3)
-    torch.testing.assert_close(metrics["target"], gather_tokens(patch_pixels(images, 8), masks.targets))
-    torch.testing.assert_close(loss, F.mse_loss(metrics["predicted"], metrics["target"]))
+    assert predicted.shape == (2, T, K, 8 * 8 * 3)
+    torch.testing.assert_close(target, gather_tokens(patch_pixels(images, 8), masks.targets))
+    torch.testing.assert_close(loss, F.mse_loss(predicted, target))
 
 
 def test_dino_loss_centres_and_sharpens():

@@ -49,8 +49,8 @@ class IJEPA(Method):
     """``forward(images (B, C, H, W), masks) -> (loss, metrics)``; ``metrics`` holds the
     scalars ``target_std``, ``pred_std``, ``pred_loss`` (the prediction term alone; with a term
     against collapse, ``anti_collapse``, its unweighted value, too), the patch
-    counts, and the ``predicted`` and ``target`` features ``(B, T, Kt, D)`` themselves
-    (detached).
+    counts. The ``predicted`` and ``target`` features ``(B, T, Kt, D)`` go to ``self.tap``
+    for the monitor (kept only inside ``with model.tap.watching():``).
 
     ``anti_collapse="vc"`` adds ``anti_collapse_weight`` x the variance-covariance term of
     the context features (:mod:`imagejepa.anti_collapse`) to the loss."""
@@ -107,10 +107,8 @@ class IJEPA(Method):
                 "pred_std": per_dim_std(predicted.detach()).mean(),
                 "context_patches": masks.context.shape[1],
                 "target_patches": masks.targets.shape[2],
-                # For the health metrics the trainer computes every few steps (no copy).
-                "predicted": predicted.detach(),
-                "target": target,
             }
+        self.tap.keep(predicted, target)  # for the monitor's health metrics, on the steps it watches
         return loss, metrics
 
 

@@ -7,8 +7,9 @@ holds, ``name.`` prefixed), and which says
   one view ``(C, S, S)`` or a tuple of view stacks) and :meth:`mask_sampler` (the masks the
   step draws for each global batch, or ``None``);
 - the loss of a batch: ``forward(views, masks) -> (loss, metrics)``, ``metrics`` holding
-  ``pred_loss``, ``target_std``, ``pred_std`` and, for the monitor, ``predicted`` and
-  ``target`` features ``(B, T, K, D)`` (detached; ``T = blocks``);
+  the scalars ``pred_loss``, ``target_std`` and ``pred_std``; its ``predicted`` and ``target``
+  features ``(B, T, K, D)`` (``T = blocks``) go to :attr:`Method.tap` for the monitor, which
+  keeps them only on the steps it watches;
 - the update after a step: :meth:`update_target` (exponential moving averages of the pairs
   in ``ema_pairs``; nothing for a method without a teacher);
 - which network the probes read: ``evaluated``.
@@ -18,6 +19,7 @@ The trainer, its checkpoints, DDP and FSDP2 go through these names only.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import torch
@@ -31,15 +33,42 @@ from ..utils.seeds import mix_seed
 INIT_STREAM = 0x1A17
 
 
+class FeatureTap:
+    """What the monitor sees of a step, outside what ``forward`` returns: ``with
+    tap.watching(): forward(...)``, then ``tap.features`` = ``(predicted, target)``, each
+    ``(B, T, K, D)``, detached. A method calls :meth:`keep` in its forward; it keeps nothing
+    when no one watches."""
+
+    def __init__(self):
+        self.open = False
+        self.features: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @contextlib.contextmanager
+    def watching(self, on: bool = True):
+        self.open, self.features = on, None
+        try:
+            yield self
+        finally:
+            self.open = False
+
+    def keep(self, predicted: torch.Tensor, target: torch.Tensor) -> None:
+        if self.open:
+            self.features = (predicted.detach(), target.detach())
+
+
 class Method(nn.Module):
     name: str = ""
     networks: tuple[str, ...] = ()  # every sub-network a checkpoint holds
     trained: tuple[str, ...] = ()  # those the optimiser updates
     ema_pairs: tuple[tuple[str, str], ...] = ()  # (follower, followed) moved by the EMA
     evaluated: str = "encoder"  # the network the probes read
-    blocks: int = 1  # T of the ``predicted`` / ``target`` metrics (loss_block1..T columns)
+    blocks: int = 1  # T of the tapped ``predicted`` / ``target`` features (loss_block1..T columns)
     loss_name: str = "l2"  # how the monitor compares ``predicted`` with ``target``
     anti_collapse: str = "none"
+
+    def __init__(self):
+        super().__init__()
+        self.tap = FeatureTap()
 
     @property
     def evaluated_encoder(self) -> nn.Module:

@@ -144,7 +144,8 @@ class DINO(Method):
             predicted = student_features.detach().float().reshape(B, G, 1, -1)
             target = teacher_features.float().reshape(B, G, 1, -1)
             metrics = {"pred_loss": loss.detach(), "target_std": per_dim_std(target).mean(),
-                       "pred_std": per_dim_std(predicted).mean(), "predicted": predicted, "target": target}
+                       "pred_std": per_dim_std(predicted).mean()}
+        self.tap.keep(predicted, target)
         return loss, metrics
 
     def _head_input(self, features: torch.Tensor) -> torch.Tensor:

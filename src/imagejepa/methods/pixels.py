@@ -71,8 +71,8 @@ class MAE(Method):
         loss = F.mse_loss(predicted, target)
         with torch.no_grad():
             metrics = {"pred_loss": loss.detach(), **_std_metrics(predicted, target),
-                       "context_patches": masks.context.shape[1], "target_patches": masks.targets.shape[2],
-                       "predicted": predicted.detach(), "target": target}
+                       "context_patches": masks.context.shape[1], "target_patches": masks.targets.shape[2]}
+        self.tap.keep(predicted, target)
         return loss, metrics
 
 
