@@ -416,7 +416,7 @@ def test_an_official_file_on_two_processes_with_a_time_budget(tmp_path):
     assert code == 0, err[-3000:]
     assert ("global batch 16 = 8 per process x 2 (the official file's batch_size 8 is per process: "
             "x 2 processes = 16)") in out
-    fits = load_config(run_dir / "config.yaml").optim.schedule_fits
+    fits = ckpt.load_meta(ckpt.find_checkpoint(run_dir))["schedule_fits"]
     assert fits and len(fits) >= 2, out  # the budget fitted the schedule's length
     end = fits[-1][1]
     assert [int(r["step"]) for r in metric_rows(run_dir)] == list(range(end))
@@ -437,14 +437,14 @@ def _rank_with_a_nan(rank: int, world: int, port: int, run_dir: Path, on_nan: st
         cfg = load_config(None, RUN + [f"train.on_nan={on_nan}", "train.max_steps=5"])
         trainer = Trainer(cfg, run_dir, log=quiet, warn=quiet, processes=processes)
         if rank == 1:
-            real_forward, calls = trainer.forward, [0]
+            real_forward, calls = trainer.stepper.forward, [0]
 
             def forward(images, masks):
                 loss, metrics = real_forward(images, masks)
                 calls[0] += 1
                 return (loss * float("nan") if calls[0] == 3 else loss), metrics
 
-            trainer.forward = forward
+            trainer.stepper.forward = forward
         try:
             trainer.fit()
             outcome = "finished"

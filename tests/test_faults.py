@@ -517,7 +517,7 @@ def test_resume_is_exact_with_broken_files(tmp_path):
 # -- numerical faults -----------------------------------------------------------------------
 def nan_at(trainer: Trainer, bad_step: int, where: str) -> None:
     """Make step ``bad_step`` produce a NaN loss, or a NaN gradient of one encoder weight."""
-    real_forward, calls = trainer.forward, [0]
+    real_forward, calls = trainer.stepper.forward, [0]
     weight = trainer.model.encoder.blocks[0].mlp.fc1.weight
 
     def forward(images, masks):
@@ -529,7 +529,7 @@ def nan_at(trainer: Trainer, bad_step: int, where: str) -> None:
             weight.register_hook(lambda g: None if calls[0] != bad_step + 1 else g * float("nan"))
         return loss, metrics
 
-    trainer.forward = forward
+    trainer.stepper.forward = forward
 
 
 @pytest.mark.parametrize("where, named", [("loss", "loss (nan)"),
@@ -615,8 +615,8 @@ def test_batched_reads_after_resuming_between_two_log_steps(tmp_path):
 def test_skip_step_still_stops_a_run_that_only_produces_nan(tmp_path):
     trainer = Trainer(config("train.max_steps=20", "train.on_nan=skip_step"), tmp_path,
                       log=quiet, warn=quiet)
-    real_forward = trainer.forward
-    trainer.forward = lambda images, masks: (lambda out: (out[0] * float("nan"), out[1]))(
+    real_forward = trainer.stepper.forward
+    trainer.stepper.forward = lambda images, masks: (lambda out: (out[0] * float("nan"), out[1]))(
         real_forward(images, masks))
     with pytest.raises(NonFiniteError, match="at step 10 for 11 steps in a row"):
         trainer.fit()

@@ -65,8 +65,8 @@ def test_training_steps_never_wait_for_the_gpu(tmp_path):
     trainer = Trainer(cfg, tmp_path, log=quiet, warn=quiet)
     batches = iter(trainer.loader)
     images = [next(batches)[0] for _ in range(STEPS)]
-    real_forward = trainer.forward
-    trainer.forward = lambda views, masks: (lambda out: (
+    real_forward = trainer.stepper.forward
+    trainer.stepper.forward = lambda views, masks: (lambda out: (
         out[0] * float("nan") if step == NAN_STEP else out[0], out[1]))(real_forward(views, masks))
     trainer.train_step(images[0], 0)  # the first step (lazy initialisation may sync once)
     torch.cuda.synchronize()

@@ -92,13 +92,13 @@ def run_steps(trainer: Trainer) -> tuple[list[dict], NoReadBack, dict[int, bool]
             return rank_masks(*args)
 
     trainer.stepper.rank_masks = masks_on_host
-    real_forward = trainer.forward
+    real_forward = trainer.stepper.forward
 
     def forward(views, masks):
         loss, metrics = real_forward(views, masks)
         return (loss * float("nan") if step == NAN_STEP else loss), metrics
 
-    trainer.forward = forward
+    trainer.stepper.forward = forward
     model = trainer.model
     updated = {name: next(getattr(model, name).parameters())
                for name in (*model.trained, *(follower for follower, _ in model.ema_pairs))}

@@ -111,7 +111,7 @@ def test_activation_checkpointing_trains_the_same(tmp_path):
         count = [0]
         with torch.autograd.graph.saved_tensors_hooks(lambda t: count.__setitem__(0, count[0] + 1) or t,
                                                       lambda t: t):
-            trainer.forward(images, masks)
+            trainer.stepper.forward(images, masks)
         return count[0]
 
     assert saved_tensors(recomputed) < saved_tensors(plain) / 2

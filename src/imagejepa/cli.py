@@ -287,19 +287,13 @@ def _check_fresh(run_dir: Path) -> None:
 
 
 def _check_same_run(cfg, run_dir: Path) -> None:
-    """Resuming with another method, model, data, mask or optimiser setting would not continue the run.
-
-    The fits of the schedule's length that the run's time budget made (``optim.schedule_fits``
-    in its config.yaml) are taken into ``cfg`` when ``cfg`` has a budget and no fits of its own."""
+    """Resuming with another method, model, data, mask or optimiser setting would not continue the run."""
     from .config import load_config
 
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         raise UsageError(f"--resume: {saved_path} not found; is {run_dir} a run folder?")
     saved = load_config(saved_path).to_dict()
-    if cfg.train.budget_minutes is not None and cfg.optim.schedule_fits is None:
-        # The lengths a time budget fitted are part of the run: continue that schedule.
-        cfg.optim.schedule_fits = saved["optim"]["schedule_fits"]
     current = cfg.to_dict()
     changed = [
         f"{section}.{key}"

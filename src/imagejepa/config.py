@@ -103,9 +103,6 @@ class OptimConfig:
     ipe_scale: float = 1.0  # schedules span ipe_scale x the training steps (official option)
     # The schedules' length in steps, replacing epochs x steps per epoch.
     total_steps: int | None = None
-    # Written by train.budget_minutes, not by hand: the fits [from_step, total_steps] of the
-    # schedule's length to the measured speed so far (see train/budget.py).
-    schedule_fits: list[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -309,6 +306,7 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
             )
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r} must be a mapping of keys")
+        values = {k: v for k, v in values.items() if f"{section}.{k}" not in RETIRED}
         _apply(getattr(cfg, section), values, section)
         explicit |= {f"{section}.{name}" for name in values}
     cfg.explicit = frozenset(explicit)
@@ -317,6 +315,10 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
 
 
 TOP_LEVEL = {"recipe": str}  # keys outside any section
+# Keys earlier versions wrote into a run's config.yaml that are no longer settings: read and
+# left out, so such runs still resume. optim.schedule_fits: a time budget's fits, now kept in
+# the checkpoints (train/budget.py).
+RETIRED = {"optim.schedule_fits"}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -459,18 +461,6 @@ def validate(cfg: Config) -> None:
         t.budget_minutes is None or o.total_steps is None,
         "optim.total_steps and train.budget_minutes both set the schedule's length; set one of them",
     )
-    if o.schedule_fits is not None:
-        _require(
-            t.budget_minutes is not None,
-            "optim.schedule_fits is written by train.budget_minutes; without a budget use optim.total_steps",
-        )
-        starts = [start for start, _ in o.schedule_fits]
-        _require(
-            bool(starts) and starts[0] == 0 and starts == sorted(set(starts))
-            and all(total > start for start, total in o.schedule_fits),
-            f"optim.schedule_fits must be [[0, total], [step, total], ...] with increasing steps, each "
-            f"before its total; got {o.schedule_fits}",
-        )
     _require(
         t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
         f"train.checkpoint_every_steps must be >= 1, got {t.checkpoint_every_steps}",

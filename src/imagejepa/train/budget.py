@@ -10,9 +10,9 @@ them slow) the length is fitted to the speed measured so far, and refitted at ea
 the budget up to nine tenths to the speed of the last stretch, so that a machine that slows
 down (a laptop leaving turbo, a shared host) still ends its schedule inside the budget.
 
-Every fit is written into the run's config (``optim.schedule_fits``) as it is made, so a
-resumed run continues the same schedule exactly; only the fits still ahead depend on the
-machine's speed.
+The fits made so far are training state: every checkpoint keeps them (``schedule_fits`` in
+its meta.json), so a resumed run continues the same schedule exactly; only the fits still
+ahead depend on the machine's speed.
 """
 
 from __future__ import annotations
@@ -81,3 +81,11 @@ class BudgetClock:
             return None
         self.fits.append((step, total))
         return list(self.fits)
+
+
+def budget_fits(meta: dict, max_steps: int) -> list[tuple[int, int]]:
+    """The fits a checkpoint's ``meta`` holds: ``schedule_fits`` (runs written before the fits
+    were training state kept them in the config, ``optim.schedule_fits``); a checkpoint saved
+    before the first fit holds the starting one, ``[(0, max_steps)]``."""
+    fits = meta.get("schedule_fits") or meta.get("config", {}).get("optim", {}).get("schedule_fits")
+    return [(int(start), int(total)) for start, total in fits] if fits else [(0, max_steps)]

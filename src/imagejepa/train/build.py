@@ -81,7 +81,7 @@ def plan_length(cfg: Config, steps_per_epoch: int, step_flops: float | None = No
                 f"the {budget.FIRST_FIT_STEP} the trainer times before fitting the schedule to the "
                 "budget; raise optim.epochs, or train without a time budget: --set train.budget_minutes=null"
             )
-        fits = cfg.optim.schedule_fits or [(0, max_steps)]
+        fits = [(0, max_steps)]  # refitted while training; a resumed run's are in its checkpoint
     schedules = Schedules.from_config(cfg.optim, steps_per_epoch, fits)
     return max_steps, schedules, schedules.total_steps if fits else max_steps
 

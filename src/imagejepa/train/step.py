@@ -51,6 +51,11 @@ class StepResult:
     # losses (T)]`` on this rank's batch, see :func:`imagejepa.monitor.health_metrics`.
     health: torch.Tensor | None = None
 
+    def note(self, **known) -> StepResult:
+        """Add numbers known on the host (the step, its epoch, ...) to the row; returns self."""
+        self.host.update(known)
+        return self
+
 
 def batch_size_of(views) -> int:
     """The number of images in a batch of views (a tensor ``(b, ...)`` or a tuple of them)."""
@@ -75,7 +80,6 @@ class TrainStep:
         # against collapse where there is one.
         self.averaged = ("loss", "target_std", "pred_std") + (
             ("anti_collapse",) if model.anti_collapse != "none" else ())
-        self.last_checkpoint = None  # named in the message of a non-finite stop
 
     def masks(self, step: int, batch_size: int) -> Masks | None:
         """The masks of the whole global batch of ``step``: ``context (B, Kc)``, ``targets (B, T, Kt)``
@@ -112,8 +116,10 @@ class TrainStep:
         sums, patches = None, {}
         for chunk in range(accum):
             part = slice(chunk * n // accum, (chunk + 1) * n // accum)
-            # Gradients are averaged over ranks in the backward of the last chunk only.
-            with gradient_sync(self.forward, enabled=chunk == accum - 1):
+            last = chunk == accum - 1
+            # Gradients are averaged over ranks in the backward of the last chunk only; the
+            # monitor watches the last chunk's features (before the update: what the loss saw).
+            with gradient_sync(self.forward, enabled=last), self.model.tap.watching(watch and last):
                 with autocast(self.device, self.precision):
                     chunk_masks = None if masks is None else masks.rows(part)
                     loss, metrics = self.forward(tree_map(lambda t, rows=part: t[rows], images), chunk_masks)
@@ -126,9 +132,10 @@ class TrainStep:
             sums = chunk_values if sums is None else sums + chunk_values
             patches = {k: metrics[k] for k in ("context_patches", "target_patches") if k in metrics}
         health = None
-        if watch:  # the last chunk's features, before the update (what the loss saw)
-            h = health_metrics(metrics["predicted"], metrics["target"], self.model.loss_name)
+        if watch:
+            h = health_metrics(*self.model.tap.features, self.model.loss_name)
             health = torch.cat([h["rankme"][None], h["pred_cos"][None], h["block_loss"]])
+            self.model.tap.features = None
         del metrics
         stats = sums / accum
         with_grad = [(name, p) for name, p in self.model.named_parameters() if p.grad is not None]
@@ -185,15 +192,10 @@ class TrainStep:
         return rows
 
     def _on_non_finite(self, problem: str, step: int) -> None:
-        last = self.last_checkpoint or "none yet (the run would start from scratch)"
         self.skipped_in_a_row += 1
         if self.on_nan == "stop" or self.skipped_in_a_row > MAX_SKIPPED_STEPS_IN_A_ROW:
             repeat = f" for {self.skipped_in_a_row} steps in a row" if self.skipped_in_a_row > 1 else ""
-            raise NonFiniteError(
-                f"non-finite {problem} at step {step}{repeat}; the run stopped. Last good "
-                f"checkpoint: {last}. Resume from it with --resume (a lower optim.lr or "
-                "train.precision=fp32 may help), or set train.on_nan=skip_step to skip such steps"
-            )
+            raise NonFiniteError(f"non-finite {problem} at step {step}{repeat}; the run stopped.")
         if self.processes.is_main:
             self.warn(f"imagejepa: warning: non-finite {problem} at step {step}: step skipped "
                       "(train.on_nan=skip_step)")

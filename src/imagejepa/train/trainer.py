@@ -1,5 +1,7 @@
-"""The trainer: build a run from its config (build.py), then the loop of steps (step.py)
-with metrics (metrics_log.py), progress, signals, time limits and checkpoints (state.py).
+"""The trainer: build a run from its config (build.py), then the loop of steps (step.py).
+The loop asks each piece of periodic work whether it is due (periodic.py: metric reads and
+logging, checkpoints, the time limit, unreadable files; budget.py: refits of a time budget;
+watch.py: the monitor and online kNN) and saves checkpoints (state.py).
 
 Everything random is a pure function of ``(train.seed, step)``: the batch order and crops
 (:mod:`imagejepa.data.loader`), the masks, and the schedules. A checkpoint therefore only
@@ -34,6 +36,7 @@ from ..config import Config
 from ..data import DataError, build_dataset, check_data_path
 from ..distributed import (
     SINGLE,
+    Agreement,
     Processes,
     agree_after_step,
     any_rank,
@@ -50,6 +53,7 @@ from ..masking import Masks
 from ..runtime import resolve_device, resolve_precision
 from ..utils.files import atomic_write_text
 from . import budget
+from .budget import budget_fits
 from .build import (
     build_data,
     build_loader,
@@ -62,6 +66,7 @@ from .build import (
 )
 from .flops import config_step_flops
 from .metrics_log import MetricsLog, metric_columns
+from .periodic import BadFiles, CheckpointTimer, MetricReads, Throughput, TimeLimit
 from .preempt import Preempted, StopSignals
 from .recipe import resolve_recipe
 from .schedules import Schedules
@@ -80,6 +85,8 @@ from .watch import RunWatch
 __all__ = ["NonFiniteError", "Trainer"]
 
 SIGNAL_ELSEWHERE = "stop signal on another process"
+NON_FINITE_ADVICE = ("Resume from it with --resume (a lower optim.lr or train.precision=fp32 may help), "
+                     "or set train.on_nan=skip_step to skip such steps")
 
 
 def _stderr(message: str) -> None:
@@ -130,9 +137,11 @@ class Trainer:
                                  cfg.train.on_nan, warn)
         self.watch = RunWatch(cfg, self.dataset, self.mean, self.std, self.device, self.precision, processes)
         self.step = 0
-        self.bad_files: dict[str, str] = {}  # path -> reason, each reported once (this rank's)
-        self.bad_file_count = 0  # over every rank
+        self.last_checkpoint: Path | None = None  # the newest complete checkpoint of this run
+        self.bad_files = BadFiles(len(self.dataset), cfg.data.max_bad_fraction, self.warn)
         self.writer = BackgroundWriter()  # train.async_checkpoint: the checkpoint being written
+        self.budget_clock: budget.BudgetClock | None = None  # with a time budget, while fit() runs
+        self._started = time.perf_counter()  # this process's training clock, restarted by fit()
         if resume:
             self._resume(fallback)
         self.loader = build_loader(cfg, data, self.step, processes, self.device, self.views)
@@ -146,24 +155,6 @@ class Trainer:
             self._bar.refresh()
 
     # -- one optimisation step (step.py) ---------------------------------------------------
-    @property
-    def forward(self):
-        """The model as trained: ``forward(images, masks) -> (loss, metrics)`` (DDP, compiled)."""
-        return self.stepper.forward
-
-    @forward.setter
-    def forward(self, forward) -> None:
-        self.stepper.forward = forward
-
-    @property
-    def last_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint of this run (named when a non-finite step stops it)."""
-        return self.stepper.last_checkpoint
-
-    @last_checkpoint.setter
-    def last_checkpoint(self, path: Path) -> None:
-        self.stepper.last_checkpoint = path
-
     def sample_masks(self, step: int, batch_size: int) -> Masks:
         """The masks of a global batch of ``batch_size`` at ``step``."""
         return self.stepper.masks(step, batch_size)
@@ -174,39 +165,6 @@ class Trainer:
         the steps that watch the representation (``monitor.every``) with the health metrics too."""
         self.model.begin_step(self.schedules.warmup_progress(step))
         return self.stepper(images, step, self.schedules.at(step), self.watch.health_due(step))
-
-    def _picture_masks(self, images) -> None:
-        """The first step's masks drawn on its images (for a method that masks)."""
-        masks = self.stepper.rank_masks(self.step, batch_size_of(images))
-        if masks is not None:
-            self.watch.picture_masks(images, masks, self.model.encoder.grid, self.cfg.model.patch_size,
-                                     self.step)
-
-    def _note_skipped_files(self, skipped: list[tuple[str, str]]) -> int:
-        """Warn once per unreadable file; returns how many this rank had not seen before."""
-        new = 0
-        for path, reason in skipped:
-            if path not in self.bad_files:
-                self.bad_files[path] = reason
-                new += 1
-                self.warn(f"imagejepa: warning: skipped unreadable image {path} ({reason})")
-        return new
-
-    def _check_bad_files(self, new_over_ranks: int) -> None:
-        """Stop when more than data.max_bad_fraction of the files were unreadable, counted over
-        every rank: every rank raises at the same step (the count is agreed)."""
-        self.bad_file_count += new_over_ranks
-        limit = self.cfg.data.max_bad_fraction * len(self.dataset)
-        if self.bad_file_count > limit:
-            last = list(self.bad_files.items())[-1] if self.bad_files else None
-            mine = f"; the last here: {last[0]} ({last[1]})" if last else ""
-            error = DataError(
-                f"{self.bad_file_count} of the {len(self.dataset)} image files are unreadable, more "
-                f"than data.max_bad_fraction={self.cfg.data.max_bad_fraction}{mine}. "
-                "Fix or remove them, or raise data.max_bad_fraction"
-            )
-            error.on_every_rank = True
-            raise error
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, signals: StopSignals | None = None) -> dict[str, float]:
@@ -226,13 +184,19 @@ class Trainer:
         catching = contextlib.nullcontext(signals) if signals is not None else StopSignals()
         with catching as signals:
             try:
-                if agree_after_step(self.processes, signals.received is not None, 0.0).stop:
+                if self._agree(signals).stop:
                     raise Preempted(self._signal_name(signals), self.step, None)
                 return self._loop(signals)
+            except NonFiniteError as e:  # the step says what went wrong; the run, where to go on from
+                raise NonFiniteError(f"{e} Last good checkpoint: {self._last_checkpoint_text()}. "
+                                     f"{NON_FINITE_ADVICE}") from None
             except RuntimeError as e:
                 if isinstance(e, ImageJepaError) or not (self.processes.started and lost_contact(e)):
                     raise  # our own errors already say what happened
                 raise self._lost_contact(e) from e
+
+    def _last_checkpoint_text(self) -> str:
+        return str(self.last_checkpoint or "none yet (the run would start from scratch)")
 
     def _lost_contact(self, error: RuntimeError) -> LostProcessError:
         """One line instead of a collective's traceback when another rank died."""
@@ -251,14 +215,69 @@ class Trainer:
         )
 
     def _loop(self, signals: StopSignals) -> dict[str, float]:
-        cfg, main = self.cfg.train, self.processes.is_main
-        stop = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
-        if main:
+        cfg = self.cfg.train
+        self._begin()
+        first_step, seconds_before = self.step, self.train_seconds
+        checkpoints = CheckpointTimer(cfg.checkpoint_every_steps, cfg.checkpoint_every_minutes)
+        time_limit = TimeLimit(cfg.max_minutes)
+        self.throughput = Throughput()
+        with self._progress() as (metrics, bar, batches):
+            reads = MetricReads(self.stepper, metrics, self.watch, self.throughput, self._warn_main,
+                                cfg.log_every)
+            while self.step < self.stop:
+                images, _, skipped = _next_batch(batches)
+                new_bad_files = self.bad_files.note(skipped)
+                result = self.train_step(images, self.step)
+                self.throughput.add(self.cfg.data.batch_size)
+                if self.step == first_step:
+                    self._picture_masks(images)
+                if self.watch.knn_due(self.step, self.stop):
+                    result.host["knn_top1"] = self._online_knn()
+                agreed = self._agree(signals, len(skipped), new_bad_files)
+                self.bad_files.check(agreed.new_bad_files)
+                if self.step == first_step:  # the first step (and any compilation) is done
+                    set_collective_timeout(self.processes, self.cfg.dist.timeout_minutes)
+                reads.add(result.note(step=self.step, epoch=self.step // self.steps_per_epoch,
+                                      skipped_images=agreed.skipped_images, elapsed_s=agreed.main_seconds))
+                self.step += 1
+                self.train_seconds = seconds_before + agreed.main_seconds
+                bar.update(1)
+                self._refit_if_due(bar)
+                out_of_time = time_limit.reached(agreed.main_seconds)
+                saving = checkpoints.due(self.step, agreed.main_seconds) and self.step < self.stop
+                logging = reads.due(self.step, ending=self.step == self.stop or agreed.stop or out_of_time)
+                if logging or saving:
+                    reads.read()  # may raise NonFiniteError
+                if logging:
+                    reads.flush()
+                    bar.set_postfix(**self._postfix(reads.latest))
+                if agreed.stop:
+                    break
+                if saving and not out_of_time:
+                    reads.flush()  # the metrics of every step a checkpoint holds are on disk too
+                    with self.throughput.pause():
+                        self.save()
+                    checkpoints.saved(agreed.main_seconds)
+                    if self._agree(signals).stop:  # a signal during the save: stop at that save
+                        break
+                if out_of_time:
+                    self.log(f"imagejepa: time limit of {cfg.max_minutes} min reached at step {self.step}")
+                    break
+            bar.close()
+            self._bar = None
+            metrics.flush()
+            # Still inside StopSignals: a SIGTERM now must not interrupt the final save.
+            path = self.save()
+            self.writer.wait()  # written (in the background or not) before the run says so
+        return self._end(signals, path, reads.latest)
+
+    def _begin(self) -> None:
+        """The run folder (rank 0), the start-up lines, the trackers."""
+        if self.processes.is_main:
             self._prepare_run_dir()
-        clock, length = None, f"steps {self.step} -> {stop} of {self.total_steps}"
+        cfg = self.cfg.train
+        length = f"steps {self.step} -> {self.stop} of {self.total_steps}"
         if cfg.budget_minutes is not None:
-            clock = budget.BudgetClock(cfg.budget_minutes, self.max_steps, self.step,
-                                       self.schedules.fits, self.train_seconds)
             length = (f"steps {self.step} -> the schedule's end, fitted to {cfg.budget_minutes:g} min of "
                       f"training (at most {self.max_steps})")
         if cfg.budget_flops is not None:
@@ -274,109 +293,69 @@ class Trainer:
             self.log(f"imagejepa: {self.recipe.line}")
         self.log(f"imagejepa: monitor: {self.watch.describe()}")
         self.watch.start(self.run_dir, self.step)
-        first_step = self.step
-        start_time = time.perf_counter()
-        seconds_before, last_ckpt_seconds = self.train_seconds, 0.0
-        # pending: the steps whose metrics are still on the device. They are read every
-        # train.log_every steps (and before a checkpoint), on every device: a read makes the
-        # host wait for the device, which would stall a GPU's queue if done each step.
-        last, pending = {}, []
-        self.throughput = Throughput()
-        bar = tqdm(total=stop, initial=self.step, desc="pretrain", unit="step",
+        self._started = time.perf_counter()
+        self.budget_clock = None if cfg.budget_minutes is None else budget.BudgetClock(
+            cfg.budget_minutes, self.max_steps, self.step, self.schedules.fits, self.train_seconds)
+
+    @contextlib.contextmanager
+    def _progress(self):
+        """``(metrics log, progress bar, batches)``, all closed when the loop ends, the bar
+        before any error propagates (so that an error message is the last line)."""
+        main = self.processes.is_main
+        bar = tqdm(total=self.stop, initial=self.step, desc="pretrain", unit="step",
                    dynamic_ncols=True, mininterval=1.0, disable=not main)
         self._bar = bar if main else None
-        # The bar is closed before any error propagates, so an error message is the last line.
         columns = metric_columns(self.model.blocks, self.model.anti_collapse != "none")
         with (MetricsLog(self.run_dir / "metrics.csv", self.step, columns, writes=main) as metrics, bar,
               contextlib.closing(self.watch), contextlib.closing(iter(self.loader)) as batches):
-            while self.step < stop:
-                images, _, skipped = _next_batch(batches)
-                new_bad_files = self._note_skipped_files(skipped)
-                result = self.train_step(images, self.step)
-                now = time.perf_counter()
-                self.throughput.add(self.cfg.data.batch_size)
-                if self.step == first_step:
-                    with self.throughput.pause():
-                        self._picture_masks(images)
-                if self.watch.knn_due(self.step, stop):
-                    with self.throughput.pause():
-                        result.host["knn_top1"] = self.watch.knn(self.model.evaluated_encoder, self.step,
-                                                                 is_sharded(self.model))
-                agreed = agree_after_step(self.processes, signals.received is not None,
-                                          now - start_time, len(skipped), new_bad_files)
-                if agreed.new_bad_files:
-                    self._check_bad_files(agreed.new_bad_files)
-                if self.step == first_step:  # the first step (and any compilation) is done
-                    set_collective_timeout(self.processes, self.cfg.dist.timeout_minutes)
-                result.host.update(step=self.step, epoch=self.step // self.steps_per_epoch,
-                                   skipped_images=agreed.skipped_images, elapsed_s=agreed.main_seconds)
-                pending.append(result)
-                self.step += 1
-                self.train_seconds = seconds_before + agreed.main_seconds
-                bar.update(1)
-                fits = clock.observe(self.step, self.train_seconds) if clock else None
-                if fits is not None:
-                    bar.clear()  # a message goes above the bar
-                    stop = self._refit(fits, clock.steps_per_s)
-                    bar.total = stop
-                    bar.refresh()
-                out_of_time = cfg.max_minutes is not None and agreed.main_seconds > 60 * cfg.max_minutes
-                due = (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0) or (
-                    cfg.checkpoint_every_minutes
-                    and agreed.main_seconds - last_ckpt_seconds > 60 * cfg.checkpoint_every_minutes
-                )
-                ending = self.step == stop or agreed.stop or out_of_time
-                logging = self.step % cfg.log_every == 0 or ending
-                if logging or due:
-                    last = self._read(pending, metrics) or last  # may raise NonFiniteError
-                if logging:
-                    metrics.flush()
-                    self.watch.trackers.flush()
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
-                                    img_s=f"{last['img_per_s']:.0f}", **self.watch.latest)
-                if agreed.stop:
-                    break
-                if due and self.step < stop and not out_of_time:
-                    metrics.flush()  # the metrics of every step a checkpoint holds are on disk too
-                    with self.throughput.pause():
-                        self.save()
-                    last_ckpt_seconds = agreed.main_seconds
-                    # A signal that arrived during the save: that save is the one to stop at.
-                    if agree_after_step(self.processes, signals.received is not None, 0.0).stop:
-                        break
-                if out_of_time:
-                    self.log(f"imagejepa: time limit of {cfg.max_minutes} min reached at step {self.step}")
-                    break
-            bar.close()
-            self._bar = None
-            metrics.flush()
-            # Still inside StopSignals: a SIGTERM now must not interrupt the final save.
-            path = self.save()
-            self.writer.wait()  # written (in the background or not) before the run says so
-        if clock is not None and len(self.schedules.fits) > 2:
+            yield metrics, bar, batches
+
+    def _end(self, signals: StopSignals, path: Path, latest: dict) -> dict[str, float]:
+        if self.budget_clock is not None and len(self.schedules.fits) > 2:
             self.log(f"imagejepa: the schedule was refitted {len(self.schedules.fits) - 2} time(s) to the "
                      f"speed; it ends at step {self.total_steps}, {self.train_seconds / 60:.1f} min trained")
-        if self.bad_file_count:
-            self.log(f"imagejepa: skipped {self.bad_file_count} unreadable image file(s), named above")
-        stopped = agree_after_step(self.processes, signals.received is not None, 0.0).stop
-        if stopped:
+        if self.bad_files.count:
+            self.log(f"imagejepa: skipped {self.bad_files.count} unreadable image file(s), named above")
+        if self._agree(signals).stop:
             raise Preempted(self._signal_name(signals), self.step, path)
         self.log(f"imagejepa: saved {path}")
-        return last
+        return latest
 
-    def _read(self, pending: list[StepResult], metrics: MetricsLog) -> dict | None:
-        """Read the pending steps' metrics from the device (one read), log them and watch
-        them (collapse warning; a non-finite step warns or stops); returns the last row."""
-        rows = self.stepper.read(pending)
-        pending.clear()
-        rate = self.throughput.lap()  # the read waited for the device: the stretch is done
-        for row in rows:
-            row["img_per_s"] = rate
-            metrics.write(row)
-            for warning in self.watch.observe(row):
-                if self.processes.is_main:
-                    self.warn(warning)
-        return rows[-1] if rows else None
+    def _agree(self, signals: StopSignals, skipped_images: int = 0, new_bad_files: int = 0) -> Agreement:
+        """What every rank agrees on after a step: stop (a signal on any rank), rank 0's
+        seconds of training in this process, the skipped images and newly unreadable files."""
+        return agree_after_step(self.processes, signals.received is not None,
+                                time.perf_counter() - self._started, skipped_images, new_bad_files)
+
+    def _warn_main(self, message: str) -> None:
+        if self.processes.is_main:
+            self.warn(message)
+
+    def _postfix(self, latest: dict) -> dict[str, str]:
+        return {"loss": f"{latest['loss']:.4f}", "lr": f"{latest['lr']:.2e}",
+                "img_s": f"{latest['img_per_s']:.0f}", **self.watch.latest}
+
+    def _picture_masks(self, images) -> None:
+        """The first step's masks drawn on its images (for a method that masks)."""
+        with self.throughput.pause():
+            masks = self.stepper.rank_masks(self.step, batch_size_of(images))
+            if masks is not None:
+                self.watch.picture_masks(images, masks, self.model.encoder.grid, self.cfg.model.patch_size,
+                                         self.step)
+
+    def _online_knn(self) -> float:
+        with self.throughput.pause():
+            return self.watch.knn(self.model.evaluated_encoder, self.step, is_sharded(self.model))
+
+    def _refit_if_due(self, bar) -> None:
+        """With a time budget: follow a new fit of the schedule's length when the clock makes one."""
+        fits = self.budget_clock.observe(self.step, self.train_seconds) if self.budget_clock else None
+        if fits is None:
+            return
+        bar.clear()  # a message goes above the bar
+        self._refit(fits, self.budget_clock.steps_per_s)
+        bar.total = self.stop
+        bar.refresh()
 
     def _signal_name(self, signals: StopSignals) -> str:
         return signals.received or SIGNAL_ELSEWHERE
@@ -400,29 +379,33 @@ class Trainer:
         note = self.cfg.source_note
         return f"{text} ({note})" if note else text
 
-    def _refit(self, fits: list[tuple[int, int]], steps_per_s: float) -> int:
-        """Follow the budgeted schedule along ``fits`` from now on, and record them in
-        config.yaml (and in every checkpoint's meta from now on) so that ``--resume``
-        continues the same schedule. Returns the step to stop at."""
-        self.cfg.optim.schedule_fits = fits
-        self.schedules = Schedules.from_config(self.cfg.optim, self.steps_per_epoch, fits)
-        self.total_steps = self.schedules.total_steps
-        if self.processes.is_main:
-            atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+    @property
+    def stop(self) -> int:
+        """The step this run stops at: the schedule's end, or ``train.max_steps`` before it."""
+        max_steps = self.cfg.train.max_steps
+        return self.total_steps if max_steps is None else min(self.total_steps, max_steps)
+
+    def _refit(self, fits: list[tuple[int, int]], steps_per_s: float) -> None:
+        """Follow the budgeted schedule along ``fits`` from now on. They are training state,
+        kept in every checkpoint from now on, so that ``--resume`` continues the same schedule."""
+        self._follow(fits)
         if len(fits) == 2:
             self.log(
                 f"imagejepa: {steps_per_s:.2f} steps/s: the schedule ends at step {self.total_steps} "
                 f"({self.total_steps / self.steps_per_epoch:.2f} epochs) to fit "
                 f"{self.cfg.train.budget_minutes:g} min; refitted to the speed up to 9/10 of the way"
             )
-        max_steps = self.cfg.train.max_steps
-        return self.total_steps if max_steps is None else min(self.total_steps, max_steps)
+
+    def _follow(self, fits: list[tuple[int, int]]) -> None:
+        self.schedules = Schedules.from_config(self.cfg.optim, self.steps_per_epoch, fits)
+        self.total_steps = self.schedules.total_steps
 
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
-        # Replaced atomically: a kill here must not spoil the next --resume (nor does the
-        # rewrite of metrics.csv in MetricsLog).
+        # What was asked for, as the run (re)starts; never rewritten while it trains. Replaced
+        # atomically: a kill here must not spoil the next --resume (nor does the rewrite of
+        # metrics.csv in MetricsLog).
         atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
 
     def _recover(self) -> None:
@@ -478,6 +461,8 @@ class Trainer:
             "method": self.model.name,
             "evaluated": self.model.evaluated,
             **({"train_flops": self.step * self.step_flops} if self.step_flops else {}),
+            **({"schedule_fits": [list(fit) for fit in self.schedules.fits]}
+               if self.cfg.train.budget_minutes is not None else {}),
         }
 
     def _verify_together(self, folder: Path) -> None:
@@ -498,37 +483,10 @@ class Trainer:
         folder = find_resume_point(self.run_dir, fallback, self.warn if self.processes.is_main else _quiet,
                                    verify=self._verify_together)
         self.step, self.train_seconds = load_training_state(folder, self.model, self.optimizer)
+        if self.cfg.train.budget_minutes is not None:  # the fits of the schedule so far
+            self._follow(budget_fits(ckpt.load_meta(folder), self.max_steps))
         self.last_checkpoint = folder
         self.log(f"imagejepa: resumed from {folder} at step {self.step}")
-
-
-class Throughput:
-    """Images per second over the stretch between two reads of the device's metrics.
-
-    Timing one step on the host clock is right only where the host waits for each step; on
-    a GPU the host runs ahead, and only a read (which waits for the device) ends a stretch
-    honestly. Pauses that are not training (online kNN, pictures, checkpoints) are left out."""
-
-    def __init__(self):
-        self.start, self.images, self.paused = time.perf_counter(), 0, 0.0
-
-    def add(self, images: int) -> None:
-        self.images += images
-
-    @contextlib.contextmanager
-    def pause(self):
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.paused += time.perf_counter() - began
-
-    def lap(self) -> float:
-        """The stretch's images per second; a new stretch starts."""
-        now = time.perf_counter()
-        rate = self.images / max(now - self.start - self.paused, 1e-9)
-        self.start, self.images, self.paused = now, 0, 0.0
-        return rate
 
 
 def _processes(n: int) -> str:
