@@ -13,6 +13,7 @@ from transformers import IJepaConfig, IJepaModel  # test extra: pip install -e '
 
 from imagejepa import load_encoder
 from imagejepa.interop.convert import convert, read_model
+from imagejepa.masking import MaskSettings
 from imagejepa.models import Encoder
 
 from .helpers import official_save_dict, tiny_ijepa
@@ -192,3 +193,18 @@ def test_hf_hub_names_read_the_hub_cache_offline(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hf-hub:test-org/not-cached: not in" in err[0]
     assert "HF_HUB_OFFLINE is set" in err[0]
+
+
+def test_hf_hub_name_of_an_imagejepa_checkpoint_feeds_the_decoder(tmp_path, monkeypatch, tiny_checkpoint):
+    """An imagejepa checkpoint shared on the Hub: the decoder reads its predictor and its own
+    mask settings through hf-hub:, as from the folder."""
+    from imagejepa.checkpoint import find_checkpoint
+    from imagejepa.decoder.train import load_source
+
+    folder = find_checkpoint(tiny_checkpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache(tmp_path / "hub", folder, "test-org/tiny-run")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub, local = load_source("hf-hub:test-org/tiny-run"), load_source(folder)
+    assert hub.sampler.s == local.sampler.s != MaskSettings()  # the run's own, not the defaults
+    a, b = hub.predictor.state_dict(), local.predictor.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

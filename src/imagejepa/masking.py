@@ -50,6 +50,8 @@ class Masks(NamedTuple):
     targets: torch.Tensor  # (B, T, Kt) long
 
     def to(self, device, non_blocking: bool = False) -> Masks:
+        """Both index tensors on ``device`` (``non_blocking``: from pinned memory, overlapping
+        the device's work)."""
         return Masks(self.context.to(device, non_blocking=non_blocking),
                      self.targets.to(device, non_blocking=non_blocking))
 

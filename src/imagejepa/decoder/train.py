@@ -75,14 +75,17 @@ class Source:
 
 def load_source(path: str | Path) -> Source:
     """Encoders, predictor and the mask sampler of anything with a predictor: an imagejepa
-    run or checkpoint (its own mask settings) or an official ``.pth.tar`` (the paper's)."""
+    run or checkpoint (its own mask settings; also as ``hf-hub:ORG/NAME``) or an official
+    ``.pth.tar`` (the paper's)."""
     from ..interop.convert import read_model
+    from ..interop.hub import hub_folder, is_hub_name
 
-    bundle = read_model(path)
+    local = hub_folder(str(path)) if is_hub_name(path) else path
+    bundle = read_model(local)
     predictor = bundle.build_predictor()
     settings = MaskSettings()
     try:
-        folder = ckpt.resolve_checkpoint(path, verify=False)
+        folder = ckpt.resolve_checkpoint(local, verify=False)
     except FileNotFoundError:
         folder = None
     if folder is not None and (folder / ckpt.META_FILE).is_file():
