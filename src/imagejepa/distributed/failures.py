@@ -6,8 +6,11 @@ only at the process group's timeout, and under ``srun`` nothing stops the others
 failing rank posts its cause in the process group's key-value store before it leaves
 (:func:`post_failure`), and every rank watches the store from a daemon thread
 (:class:`FailureWatch`): seeing another rank's failure, it prints one line naming that rank
-and its cause and exits 1 at once, wherever it waits. Nothing is left half-written by that
-exit: checkpoints are written under a temporary name and renamed whole.
+and its cause and exits 1 at once, wherever it waits. The failing rank stays until each
+of the others has read its cause (a few seconds at most): the store may live in its process
+(rank 0 under srun), and a rank that found it gone could only say it lost contact. Nothing
+is left half-written by these exits: checkpoints are written under a temporary name and
+renamed whole.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 from .processes import Processes
 
 KEY = "imagejepa/failed"
+SEEN = "imagejepa/failure-seen-by-rank-"  # + rank: that rank has read the posted failure
 FAILURE_EXIT = 1
 POLL_SECONDS = 0.5
+LINGER_SECONDS = 5.0  # the most a failed rank waits for the others to read its cause
 
 
 def post_failure(processes: Processes, cause: str) -> None:
@@ -30,6 +36,10 @@ def post_failure(processes: Processes, cause: str) -> None:
     text = f"rank {processes.rank}: {cause}".splitlines()[0][:500]
     try:
         processes.store.compare_set(KEY, "", text)
+        others = [f"{SEEN}{rank}" for rank in range(processes.world_size) if rank != processes.rank]
+        deadline = time.monotonic() + LINGER_SECONDS
+        while others and not processes.store.check(others) and time.monotonic() < deadline:
+            time.sleep(0.05)
     except Exception:  # noqa: BLE001 - the store went with another rank: the error is raised anyway
         pass
 
@@ -42,9 +52,12 @@ def posted_failure(processes: Processes) -> str | None:
         if not processes.store.check([KEY]):
             return None
         text = processes.store.get(KEY).decode()
+        if not text or text.startswith(f"rank {processes.rank}:"):
+            return None
+        processes.store.set(f"{SEEN}{processes.rank}", "1")  # the failed rank may leave now
     except Exception:  # noqa: BLE001 - the store is gone with its host: nothing to read
         return None
-    return None if not text or text.startswith(f"rank {processes.rank}:") else text
+    return text
 
 
 class FailureWatch:
