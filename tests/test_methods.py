@@ -79,9 +79,8 @@ def test_mae_loss_reads_only_the_masked_patches_pixels():
     model = build_method(method_config("mae")).eval()
     images = torch.randn(2, 3, 32, 32)
     masks = model.mask_sampler()(2, torch.Generator().manual_seed(1))
-    with model.tap.watching():
-        loss, metrics = model(images, masks)
-    assert model.tap.features[0].shape == (2, 1, 12, 8 * 8 * 3)
+    loss, metrics = model(images, masks)
+    assert model.tap.take()[0].shape == (2, 1, 12, 8 * 8 * 3)
     noisy = images.clone().reshape(2, 3, 4, 8, 4, 8)
     masked_row_col = None
     for b in range(2):
@@ -121,9 +120,8 @@ def test_ijepa_pixels_predicts_the_target_blocks_pixels():
     images = torch.randn(2, 3, 32, 32)
     masks = model.mask_sampler()(2, torch.Generator().manual_seed(1))
     model.target_encoder.forward = None  # any call to it would fail
-    with model.tap.watching():
-        loss, _ = model(images, masks)
-    predicted, target = model.tap.features
+    loss, _ = model(images, masks)
+    predicted, target = model.tap.take()
     T, K = masks.targets.shape[1:]
     assert predicted.shape == (2, T, K, 8 * 8 * 3)
     torch.testing.assert_close(target, gather_tokens(patch_pixels(images, 8), masks.targets))

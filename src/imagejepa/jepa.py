@@ -50,7 +50,7 @@ class IJEPA(Method):
     scalars ``target_std``, ``pred_std``, ``pred_loss`` (the prediction term alone; with a term
     against collapse, ``anti_collapse``, its unweighted value, too), the patch
     counts. The ``predicted`` and ``target`` features ``(B, T, Kt, D)`` go to ``self.tap``
-    for the monitor (kept only inside ``with model.tap.watching():``).
+    for the monitor (``model.tap.take()`` after a forward).
 
     ``anti_collapse="vc"`` adds ``anti_collapse_weight`` x the variance-covariance term of
     the context features (:mod:`imagejepa.anti_collapse`) to the loss."""
@@ -108,7 +108,7 @@ class IJEPA(Method):
                 "context_patches": masks.context.shape[1],
                 "target_patches": masks.targets.shape[2],
             }
-        self.tap.keep(predicted, target)  # for the monitor's health metrics, on the steps it watches
+        self.tap.keep(predicted, target)  # for the monitor's health metrics
         return loss, metrics
 
 

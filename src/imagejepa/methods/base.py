@@ -8,8 +8,7 @@ holds, ``name.`` prefixed), and which says
   step draws for each global batch, or ``None``);
 - the loss of a batch: ``forward(views, masks) -> (loss, metrics)``, ``metrics`` holding
   the scalars ``pred_loss``, ``target_std`` and ``pred_std``; its ``predicted`` and ``target``
-  features ``(B, T, K, D)`` (``T = blocks``) go to :attr:`Method.tap` for the monitor, which
-  keeps them only on the steps it watches;
+  features ``(B, T, K, D)`` (``T = blocks``) go to :attr:`Method.tap`, for the monitor;
 - the update after a step: :meth:`update_target` (exponential moving averages of the pairs
   in ``ema_pairs``; nothing for a method without a teacher);
 - which network the probes read: ``evaluated``.
@@ -19,7 +18,6 @@ The trainer, its checkpoints, DDP and FSDP2 go through these names only.
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 
 import torch
@@ -34,26 +32,22 @@ INIT_STREAM = 0x1A17
 
 
 class FeatureTap:
-    """What the monitor sees of a step, outside what ``forward`` returns: ``with
-    tap.watching(): forward(...)``, then ``tap.features`` = ``(predicted, target)``, each
-    ``(B, T, K, D)``, detached. A method calls :meth:`keep` in its forward; it keeps nothing
-    when no one watches."""
+    """What the monitor sees of a step, outside what ``forward`` returns: a method's forward
+    calls :meth:`keep` with its ``predicted`` and ``target`` features ``(B, T, K, D)``; the
+    trainer takes them (:meth:`take`) after each forward (its monitor uses them on the steps it
+    watches). Kept unconditionally (detached references, no copy), so that a compiled forward
+    has no branch on it and no second graph."""
 
     def __init__(self):
-        self.open = False
         self.features: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @contextlib.contextmanager
-    def watching(self, on: bool = True):
-        self.open, self.features = on, None
-        try:
-            yield self
-        finally:
-            self.open = False
-
     def keep(self, predicted: torch.Tensor, target: torch.Tensor) -> None:
-        if self.open:
-            self.features = (predicted.detach(), target.detach())
+        self.features = (predicted.detach(), target.detach())
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The features of the last forward (``None`` if none since the last take); dropped here."""
+        features, self.features = self.features, None
+        return features
 
 
 class Method(nn.Module):

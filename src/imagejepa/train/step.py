@@ -116,13 +116,13 @@ class TrainStep:
         sums, patches = None, {}
         for chunk in range(accum):
             part = slice(chunk * n // accum, (chunk + 1) * n // accum)
-            last = chunk == accum - 1
-            # Gradients are averaged over ranks in the backward of the last chunk only; the
-            # monitor watches the last chunk's features (before the update: what the loss saw).
-            with gradient_sync(self.forward, enabled=last), self.model.tap.watching(watch and last):
+            # Gradients are averaged over ranks in the backward of the last chunk only.
+            with gradient_sync(self.forward, enabled=chunk == accum - 1):
                 with autocast(self.device, self.precision):
                     chunk_masks = None if masks is None else masks.rows(part)
                     loss, metrics = self.forward(tree_map(lambda t, rows=part: t[rows], images), chunk_masks)
+                # The monitor watches the last chunk's features (before the update: what the loss saw).
+                features = self.model.tap.take()
                 (loss / accum).backward()
             # The loss column is the prediction loss; a step whose loss (with any term against
             # collapse) is not finite shows that value instead, and is skipped or stops the run.
@@ -133,10 +133,9 @@ class TrainStep:
             patches = {k: metrics[k] for k in ("context_patches", "target_patches") if k in metrics}
         health = None
         if watch:
-            h = health_metrics(*self.model.tap.features, self.model.loss_name)
+            h = health_metrics(*features, self.model.loss_name)
             health = torch.cat([h["rankme"][None], h["pred_cos"][None], h["block_loss"]])
-            self.model.tap.features = None
-        del metrics
+        del features, metrics
         stats = sums / accum
         with_grad = [(name, p) for name, p in self.model.named_parameters() if p.grad is not None]
         first_bad, bad_norm = _first_non_finite([local_shard(p.grad) for _, p in with_grad])
