@@ -229,14 +229,13 @@ class Trainer:
                 new_bad_files = self.bad_files.note(skipped)
                 result = self.train_step(images, self.step)
                 self.throughput.add(self.cfg.data.batch_size)
-                if self.step == first_step:
-                    self._picture_masks(images)
                 if self.watch.knn_due(self.step, self.stop):
                     result.host["knn_top1"] = self._online_knn()
                 agreed = self._agree(signals, len(skipped), new_bad_files)
                 self.bad_files.check(agreed.new_bad_files)
                 if self.step == first_step:  # the first step (and any compilation) is done
                     set_collective_timeout(self.processes, self.cfg.dist.timeout_minutes)
+                    self._picture_masks(images)
                 reads.add(result.note(step=self.step, epoch=self.step // self.steps_per_epoch,
                                       skipped_images=agreed.skipped_images, elapsed_s=agreed.main_seconds))
                 self.step += 1
