@@ -32,14 +32,19 @@ def per_dim_std(features: torch.Tensor) -> torch.Tensor:
     return features.reshape(-1, features.shape[-1]).float().std(dim=0)
 
 
-def prediction_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1") -> torch.Tensor:
-    """I-JEPA's loss between ``predicted`` and ``target`` features ``(B, T, K, D)``, averaged:
-    ``"smooth_l1"`` (the official code's, beta 1) or ``"l2"`` (mean squared error, as the paper writes it)."""
+PREDICTION_LOSSES = ("smooth_l1", "l2")
+
+
+def prediction_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1",
+                    reduction: str = "mean") -> torch.Tensor:
+    """I-JEPA's loss between ``predicted`` and ``target`` features ``(B, T, K, D)``:
+    ``"smooth_l1"`` (the official code's, beta 1) or ``"l2"`` (squared error, as the paper
+    writes it); averaged, or per element with ``reduction="none"``."""
     if kind == "smooth_l1":
-        return F.smooth_l1_loss(predicted, target, beta=1.0)
+        return F.smooth_l1_loss(predicted, target, beta=1.0, reduction=reduction)
     if kind == "l2":
-        return F.mse_loss(predicted, target)
-    raise ValueError(f"loss must be 'smooth_l1' or 'l2', got {kind!r}")
+        return F.mse_loss(predicted, target, reduction=reduction)
+    raise ValueError(f"loss must be one of {PREDICTION_LOSSES}, got {kind!r}")
 
 
 COVARIANCE_SHARE = 0.04  # VICReg's ratio of its covariance and variance coefficients (1 : 25)
@@ -65,8 +70,8 @@ class IJEPA(Method):
                  anti_collapse: str = "none", anti_collapse_weight: float = 0.0,
                  masks: MultiBlockMaskSampler | None = None):
         super().__init__()
-        if loss not in ("smooth_l1", "l2"):
-            raise ValueError(f"loss must be 'smooth_l1' or 'l2', got {loss!r}")
+        if loss not in PREDICTION_LOSSES:
+            raise ValueError(f"loss must be one of {PREDICTION_LOSSES}, got {loss!r}")
         if anti_collapse not in ANTI_COLLAPSE_KINDS:
             raise ValueError(f"anti_collapse must be one of {ANTI_COLLAPSE_KINDS}, got {anti_collapse!r}")
         self.encoder = encoder

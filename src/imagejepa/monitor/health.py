@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..jepa import prediction_loss
+
 EPS = 1e-7
 
 
@@ -40,10 +42,7 @@ def health_metrics(predicted: torch.Tensor, target: torch.Tensor, loss: str) -> 
     ``rankme`` of the target tokens, ``pred_cos`` (mean cosine of each prediction to its
     target) and ``block_loss`` ``(T,)``, the loss of each target block. Device tensors."""
     predicted, target = predicted.float(), target.float()
-    if loss == "smooth_l1":
-        per_element = F.smooth_l1_loss(predicted, target, beta=1.0, reduction="none")
-    else:
-        per_element = F.mse_loss(predicted, target, reduction="none")
+    per_element = prediction_loss(predicted, target, loss, reduction="none")
     return {
         "rankme": rankme(target),
         "pred_cos": F.cosine_similarity(predicted, target, dim=-1).mean(),
