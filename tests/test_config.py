@@ -60,6 +60,8 @@ def test_overrides_are_typed():
     assert cfg.optim.lr == 5e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.train.max_steps == 20 and isinstance(cfg.train.max_steps, int)
     assert cfg.train.compile is True
+    assert load_config(None, []).train.compile == "auto"  # a bool or "auto", nothing else
+    assert load_config(None, ["train.compile=false"]).train.compile is False
     assert cfg.optim.ema == (0.99, 1.0)
     # Overrides apply over the file; untouched keys keep the file's values.
     assert cfg.train.budget_minutes == 9 and cfg.recipe == "auto"
@@ -96,6 +98,7 @@ def test_unknown_key_and_section():
     [
         ("data.batch_size=abc", "data.batch_size"),
         ("train.compile=3", "train.compile"),
+        ("train.compile=yes please", "train.compile"),
         ("data.batch_size=2.5", "data.batch_size"),
         ("data.batch_size=true", "data.batch_size"),
         ("optim.lr=fast", "optim.lr"),

@@ -13,8 +13,12 @@ from imagejepa.models.layers import (
     Block,
     PatchEmbed,
     init_weights,
-    plain_attention,
+    use_attention_kernel,
 )
+from imagejepa.models.softmax_attention import plain_attention
+from imagejepa.runtime import attention_kernel
+
+from . import reference_block
 
 
 def test_patch_embed_shape_and_raster_order():
@@ -42,9 +46,10 @@ def test_patch_embed_rejects_non_divisible_size(size):
 
 def test_attention_sdpa_matches_plain_path():
     torch.manual_seed(0)
-    sdpa = Attention(64, num_heads=4, use_sdpa=True)
-    plain = Attention(64, num_heads=4, use_sdpa=False)
+    sdpa = Attention(64, num_heads=4)
+    plain = Attention(64, num_heads=4)
     plain.load_state_dict(sdpa.state_dict())
+    use_attention_kernel(plain, plain_attention)
     x = torch.randn(3, 17, 64)
     out_sdpa, out_plain = sdpa(x), plain(x)
     assert out_sdpa.shape == (3, 17, 64)
@@ -129,10 +134,11 @@ def test_init_weights():
     assert conv.weight.std().item() > 0.01
 
 
-def test_attention_cpu_bf16_uses_written_out_path(monkeypatch):
-    """On CPU in bf16 the SDPA kernel is bypassed (documented speed choice); fp32 uses it."""
+def test_attention_runs_sdpa_unless_the_runtime_picks_the_written_out_form(monkeypatch):
+    """The model calls SDPA; the runtime swaps in the written-out form on CPU in bf16 (a
+    documented speed choice, the same values), SDPA elsewhere."""
     torch.manual_seed(0)
-    attn = Attention(32, num_heads=2, use_sdpa=True)
+    block = Block(32, num_heads=2, mlp_hidden_dim=64)
     x = torch.randn(2, 6, 32)
     calls = []
     real_sdpa = F.scaled_dot_product_attention
@@ -142,25 +148,46 @@ def test_attention_cpu_bf16_uses_written_out_path(monkeypatch):
         return real_sdpa(*args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
-    attn(x)
+    block.attn.kernel = F.scaled_dot_product_attention  # the default, patched for counting
+    out = block(x)
     assert len(calls) == 1
-    out_bf16 = attn.to(torch.bfloat16)(x.to(torch.bfloat16))
-    assert len(calls) == 1 and out_bf16.dtype == torch.bfloat16
-    plain = Attention(32, num_heads=2, use_sdpa=False).to(torch.bfloat16)
-    plain.load_state_dict(attn.state_dict())
-    assert torch.equal(out_bf16, plain(x.to(torch.bfloat16)))
+    cpu = torch.device("cpu")
+    assert attention_kernel(cpu, "bf16") is plain_attention
+    assert attention_kernel(cpu, "fp32") is counting_sdpa
+    assert attention_kernel(torch.device("meta"), "bf16") is counting_sdpa
+    use_attention_kernel(block, attention_kernel(cpu, "bf16"))
+    torch.testing.assert_close(block(x), out, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1
 
 
-def test_block_inference_in_place_gives_the_training_values_and_keeps_its_input():
-    """Without gradients the block adds and applies GELU in place, on its own tensors only."""
+@pytest.mark.parametrize("grad", [True, False])
+def test_plain_block_equals_the_block_it_replaced(grad):
+    """The plain block (two residual lines, SDPA) against the block before it (three paths,
+    in-place ops without gradients; tests/reference_block.py), the same weights in fp32:
+    outputs to 1e-6 and gradients to 1e-5, whole and with ``queries_from``."""
     torch.manual_seed(0)
-    block = Block(32, num_heads=4, mlp_hidden_dim=128).eval()
-    x = torch.randn(2, 9, 32)
-    kept = x.clone()
-    with torch.no_grad():
-        fast = block(x)
-    assert torch.equal(x, kept) and fast.data_ptr() != x.data_ptr()
-    torch.testing.assert_close(fast, block(x).detach(), rtol=0, atol=0)
+    block = Block(48, num_heads=3, mlp_hidden_dim=192)
+    with torch.no_grad():  # non-trivial norms and biases
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    for use_sdpa in (True, False):
+        before = reference_block.Block(48, num_heads=3, mlp_hidden_dim=192, use_sdpa=use_sdpa)
+        before.load_state_dict(block.state_dict())
+        for queries_from in (0, 7):
+            x = torch.randn(4, 13, 48)
+            xs = [x.clone().requires_grad_(grad) for _ in range(2)]
+            with torch.set_grad_enabled(grad):
+                new, old = block(xs[0], queries_from), before(xs[1], queries_from)
+            torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
+            assert torch.equal(xs[1].detach(), x)  # neither changes its input
+            if grad:
+                weights = torch.randn_like(new)  # gradients of order one
+                (new * weights).sum().backward()
+                (old * weights).sum().backward()
+                torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
+                for (name, p), q in zip(block.named_parameters(), before.parameters()):
+                    torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=name)
+                block.zero_grad(), before.zero_grad()
 
 
 @pytest.mark.parametrize("grad", [True, False])

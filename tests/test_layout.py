@@ -71,7 +71,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # matching name decides (imagejepa.train.budget is in imagejepa.train).
 LAYERS = [
     ("imagejepa.errors", "imagejepa.utils"),
-    ("imagejepa.models", "imagejepa.masking", "imagejepa.data"),
+    ("imagejepa.models", "imagejepa.inference", "imagejepa.masking", "imagejepa.data"),
     ("imagejepa.config", "imagejepa.official_config", "imagejepa.runtime", "imagejepa.distributed"),
     ("imagejepa.anti_collapse", "imagejepa.jepa", "imagejepa.methods", "imagejepa.checkpoint"),
     ("imagejepa.train", "imagejepa.eval", "imagejepa.interop", "imagejepa.monitor", "imagejepa.decoder"),
@@ -101,7 +101,7 @@ def test_cycle_finder_finds_a_planted_cycle():
 def test_graph_sees_relative_imports():
     graph = module_graph()
     assert "imagejepa.utils.files" in graph["imagejepa.checkpoint"]
-    assert "imagejepa.models.softmax_attention" in graph["imagejepa.models.cpu_bf16"]
+    assert "imagejepa.models.softmax_attention" in graph["imagejepa.inference.block"]
 
 
 def test_no_import_cycles():

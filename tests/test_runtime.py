@@ -45,15 +45,16 @@ def test_autocast():
 
 AS_AVX2 = """
 import json, torch
-from imagejepa.models import Encoder, cpu_bf16
+from imagejepa.inference import InferenceBlock, optimize
+from imagejepa.models import Encoder
 from imagejepa.runtime import resolve_precision
 from imagejepa.utils import cpu
 torch.manual_seed(0)
-encoder = Encoder("vit_small", 16, 64, depth=2).eval()
+encoder = optimize(Encoder("vit_small", 16, 64, depth=2))
 images = torch.randn(2, 3, 64, 64)
 taken = []
-original = cpu_bf16.block_forward
-cpu_bf16.block_forward = lambda block, x: taken.append(1) or original(block, x)
+original = InferenceBlock.packed_bf16
+InferenceBlock.packed_bf16 = lambda block, x: taken.append(1) or original(block, x)
 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
     bf16 = encoder(images).float()
 with torch.no_grad():
@@ -79,3 +80,18 @@ def test_an_avx2_only_cpu_gets_fp32_by_default_and_correct_bf16_on_request():
     assert report["auto"] == "fp32"
     assert report["fast_blocks"] == 0
     assert report["max_diff"] < 0.05
+
+
+def test_compile_auto_compiles_on_cuda_only_and_keeps_graphs_in_our_cache(monkeypatch, tmp_path):
+    from imagejepa.runtime import compile_pays, keep_compiled_graphs
+
+    cpu_device, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert compile_pays("auto", gpu) and not compile_pays("auto", cpu_device)
+    assert compile_pays(True, cpu_device) and not compile_pays(False, gpu)
+    monkeypatch.setenv("IMAGEJEPA_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    keep_compiled_graphs()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")  # the user's choice stays
+    keep_compiled_graphs()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/else"

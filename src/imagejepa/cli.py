@@ -157,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--model", default="vit_tiny_patch16",
                     help="encoder at 224 with the paper's predictor, e.g. vit_huge_patch14")
     bt.add_argument("--batch-size", type=int, help="images per step (32)")
+    bt.add_argument("--eager-only", action="store_true",
+                    help="time eager steps only (by default also torch.compile's, alternately)")
     bd = b_sub.add_parser("data", help="images/s one loader worker decodes and crops (to size workers)")
     bd.add_argument("--data", required=True, help="data spec: imagefolder:PATH, webdataset:PATTERN, ...")
     bd.add_argument("--img-size", type=int, default=224)
@@ -440,7 +442,7 @@ def cmd_bench(args) -> None:
         if 224 % patch:
             raise UsageError(f"--model {args.model}: 224 is not divisible by the patch size {patch}")
         _print_json(bench_train(args.steps, args.warmup, args.device, args.precision, args.batch_size,
-                                arch, patch))
+                                arch, patch, compiled=not args.eager_only))
     elif args.what == "claims":
         from .bench.claims import run_claims
 

@@ -8,6 +8,7 @@ too and translated key by key (see :mod:`imagejepa.official_config`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -127,7 +128,9 @@ class TrainConfig:
     collapse_std: float | None = 0.15  # warn when the target features' per-dim std falls below
     precision: str = "auto"  # auto | fp32 | bf16
     log_every: int = 10
-    compile: bool = False
+    # torch.compile the model (dynamic shapes: the context length changes from step to step):
+    # true, false, or auto: where it was measured to pay (see imagejepa.runtime.compile_pays).
+    compile: bool | typing.Literal["auto"] = "auto"
     # Recompute each block's activations in the backward pass instead of keeping them: less
     # memory (large models on small GPUs) for about one more forward pass of compute.
     activation_checkpointing: bool = False
@@ -237,6 +240,11 @@ def _plain(obj):
 
 
 def _type_name(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -247,8 +255,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        for inner in (a for a in args if a is not type(None)):  # the first that takes it
+            with contextlib.suppress(ConfigError):
+                return _coerce(value, inner, key)
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
+    if origin is typing.Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
     if origin is list:
         (inner,) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
+import torch.nn.functional as F
 
 from .config import ConfigError
+from .models.softmax_attention import plain_attention
 from .utils import cpu
+from .utils.files import cache_root
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -44,3 +48,33 @@ def without_autocast(device_type: str):
     if device_type == "meta":
         return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
+
+
+def attention_kernel(device: torch.device, precision: str):
+    """The softmax attention that trains fastest on ``device`` in ``precision`` (see
+    :func:`imagejepa.models.layers.use_attention_kernel`): the written-out form on CPU in bf16,
+    where PyTorch's flash kernel runs forward + backward 1.6x to 5x slower at ViT lengths
+    (``benchmarks/attention.py``); ``F.scaled_dot_product_attention`` everywhere else."""
+    if device.type == "cpu" and precision == "bf16":
+        return plain_attention
+    return F.scaled_dot_product_attention
+
+
+def compile_pays(setting: bool | str, device: torch.device) -> bool:
+    """Whether ``train.compile`` (``true``, ``false`` or ``auto``) compiles the training step.
+
+    ``auto`` compiles on CUDA only. On CPUs it did not pay (``benchmarks/README.md``, "The
+    plain model and the compiler"): two thirds of the demo's step are GEMMs the compiler calls
+    as they are, the rest it fuses only in part; compiled steps ran at 0.85x (fp32) to 1.19x
+    (bf16) of eager ones after 20-200 s of compiling, not enough in a 9-minute budget."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)
+
+
+def keep_compiled_graphs() -> None:
+    """Keep torch.compile's graph caches under imagejepa's cache folder (``IMAGEJEPA_CACHE``,
+    else ``~/.cache/imagejepa``) rather than ``/tmp``, so a later run reuses them: compiling the
+    demo took 55 s on a 2-core CPU cold, 18 s warm. A ``TORCHINDUCTOR_CACHE_DIR`` set by the
+    user is left as it is."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from ..models import cpu_bf16
+from ..inference import cpu_bf16
 from ..utils import cpu
 
 

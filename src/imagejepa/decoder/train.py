@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .. import checkpoint as ckpt
 from ..data import EvalTransform, build_dataset, images_at
+from ..inference import optimize
 from ..interop.bundle import ModelBundle
 from ..masking import Masks, MaskSettings, MultiBlockMaskSampler
 from ..models import Encoder, Predictor, gather_tokens
@@ -93,7 +94,8 @@ def load_source(path: str | Path) -> Source:
 
         settings = mask_settings(from_dict(ckpt.load_meta(folder)["config"]))
     pre = bundle.preprocess()
-    return Source(str(path), bundle.build_encoder("target"), bundle.build_encoder("context"), predictor,
+    target, context = (optimize(bundle.build_encoder(which)) for which in ("target", "context"))
+    return Source(str(path), target, context, predictor,
                   EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std),
                   MultiBlockMaskSampler(bundle.grid(), settings), replace(bundle, states={}))
 

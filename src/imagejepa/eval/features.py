@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import EvalTransform, eval_batches
+from ..inference import optimize
 from ..models import Encoder
 from ..models.layers import patchify
 from ..runtime import autocast
@@ -212,7 +213,8 @@ class FeatureExtractor:
             if source == "random":  # the same architecture, freshly initialised
                 torch.manual_seed(0)
                 encoder = Encoder.from_spec(encoder.spec()).eval().requires_grad_(False)
-            self._encoders[source] = encoder, EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std)
+            transform = EvalTransform(pre.size, pre.in_chans, pre.mean, pre.std)
+            self._encoders[source] = optimize(encoder), transform
         return self._encoders[source]
 
     def __call__(self, request: FeatureRequest, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,9 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import cpu_bf16
-from .softmax_attention import plain_attention
-
 LAYER_NORM_EPS = 1e-6
 
 
@@ -38,10 +35,11 @@ class PatchEmbed(nn.Module):
     ``(B, C, H, W) -> (B, (H/p) * (W/p), D)``, tokens in raster order.
     """
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, device=None, dtype=None):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size,
+                              device=device, dtype=dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
@@ -56,97 +54,81 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+    """Multi-head self-attention: ``(B, N, D) -> (B, N, D)``.
 
-    ``(B, N, D) -> (B, N, D)``. ``use_sdpa=False`` switches to :func:`plain_attention`.
-    On CPU in bf16 the written-out form is used too: PyTorch's CPU flash kernel runs
-    forward + backward 1.6x to 5x slower than two bf16 batched matmuls at ViT sequence
-    lengths (30-196 tokens) on an AVX512-BF16 machine; in fp32 SDPA is the faster one
-    (``benchmarks/attention.py``).
+    The softmax attention itself is ``self.kernel(q, k, v)``, ``F.scaled_dot_product_attention``
+    unless the runtime picks another with the same values (:func:`use_attention_kernel`: the
+    written-out form trains faster on CPU in bf16, see ``benchmarks/attention.py``).
     """
 
-    def __init__(self, dim: int, num_heads: int, use_sdpa: bool = True):
+    def __init__(self, dim: int, num_heads: int, device=None, dtype=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.use_sdpa = use_sdpa
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=True, device=device, dtype=dtype)
+        self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
+        self.kernel = F.scaled_dot_product_attention
 
     def forward(self, x: torch.Tensor, queries_from: int = 0) -> torch.Tensor:
         """``(B, N, D) -> (B, N - queries_from, D)``: with ``queries_from=s`` only tokens ``s:``
         are computed (they still attend to all N), for callers that keep only those."""
         B, N, D = x.shape
-        heads = self.num_heads
-        if queries_from:  # queries of the kept tokens, keys and values of all
+        q, k, v = self.heads(x, queries_from)
+        x = self.kernel(q, k, v)  # (B, heads, N - queries_from, head_dim)
+        return self.proj(x.transpose(1, 2).reshape(B, N - queries_from, D))
+
+    def heads(self, x: torch.Tensor, queries_from: int = 0) -> tuple[torch.Tensor, ...]:
+        """Queries of tokens ``queries_from:``, keys and values of all: each ``(B, heads, *, D / heads)``."""
+        B, N, D = x.shape
+        shape = (B, -1, self.num_heads, D // self.num_heads)
+        if queries_from:  # two matmuls: the queries of the kept tokens, keys and values of all
             w, b = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, queries_from:], w[:D], b[:D]).reshape(B, N - queries_from, 1, heads, D // heads)
-            kv = F.linear(x, w[D:], b[D:]).reshape(B, N, 2, heads, D // heads)
-            q = q.permute(2, 0, 3, 1, 4)[0]
-            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            qkv = self.qkv(x).reshape(B, N, 3, heads, D // heads)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
-        if self.use_sdpa and not (q.device.type == "cpu" and q.dtype == torch.bfloat16):
-            x = F.scaled_dot_product_attention(q, k, v)
-        else:
-            x = plain_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, q.shape[2], D))
+            q = F.linear(x[:, queries_from:], w[:D], b[:D]).reshape(shape).transpose(1, 2)
+            k, v = F.linear(x, w[D:], b[D:]).reshape(B, N, 2, *shape[2:]).permute(2, 0, 3, 1, 4)
+            return q, k, v
+        return self.qkv(x).reshape(B, N, 3, *shape[2:]).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class Mlp(nn.Module):
     """``Linear -> GELU -> Linear``: ``(..., D) -> (..., D)`` through a hidden width."""
 
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, dim: int, hidden_dim: int, device=None, dtype=None):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = nn.Linear(dim, hidden_dim, device=device, dtype=dtype)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = nn.Linear(hidden_dim, dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        if _plain_inference(h):  # GELU in place: no second (..., hidden) buffer to allocate and fill
-            return self.fc2(torch.ops.aten.gelu_(h))
-        return self.fc2(self.act(h))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
-    def __init__(
-        self, dim: int, num_heads: int, mlp_hidden_dim: int, use_sdpa: bool = True,
-        norm_eps: float = LAYER_NORM_EPS,
-    ):
+    def __init__(self, dim: int, num_heads: int, mlp_hidden_dim: int,
+                 norm_eps: float = LAYER_NORM_EPS, device=None, dtype=None):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, use_sdpa=use_sdpa)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, mlp_hidden_dim)
+        factory = {"device": device, "dtype": dtype}
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps, **factory)
+        self.attn = Attention(dim, num_heads, **factory)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **factory)
+        self.mlp = Mlp(dim, mlp_hidden_dim, **factory)
 
     def forward(self, x: torch.Tensor, queries_from: int = 0) -> torch.Tensor:
         """``(B, N, D) -> (B, N - queries_from, D)``: ``queries_from=s`` computes only the
         outputs of tokens ``s:`` (attending to all N), the same values as ``forward(x)[:, s:]``
         at a fraction of the cost when few tokens are kept (the predictor's last block)."""
-        if queries_from:
-            x = x[:, queries_from:] + self.attn(self.norm1(x), queries_from)
-        elif not self.training and cpu_bf16.active(x):  # eval-mode inference under bf16 autocast on CPU
-            return cpu_bf16.block_forward(self, x)
-        else:
-            x = x + self.attn(self.norm1(x))
-        if _plain_inference(x):  # x is our own tensor by now (the input is left alone): add in place
-            return x.add_(self.mlp(self.norm2(x)))
+        x = x[:, queries_from:] + self.attn(self.norm1(x), queries_from)
         return x + self.mlp(self.norm2(x))
 
 
-def _plain_inference(x: torch.Tensor) -> bool:
-    """No gradients and no autocast: tensors may be updated in place, in their own dtype."""
-    if torch.is_grad_enabled():
-        return False
-    try:
-        return not torch.is_autocast_enabled(x.device.type)
-    except RuntimeError:  # a device type autocast does not know ('meta'): nothing is cast there
-        return True
+def use_attention_kernel(model: nn.Module, kernel) -> None:
+    """Run every :class:`Attention` of ``model`` with ``kernel(q, k, v) -> softmax(q k^T / sqrt(d)) v``
+    (each ``(B, heads, N, head_dim)``): a choice of speed, never of values."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.kernel = kernel
 
 
 def place_buffer(value: torch.Tensor, beside: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from .vit import gather_tokens
 class Predictor(nn.Module):
     """``forward(context (B, Kc, D), context_idx (B, Kc), target_idx (B, T, Kt)) -> (B, T, Kt, O)``,
     ``O = out_dim`` (default ``D``: representations; the pixels of a patch for MAE's decoder
-    and the pixel-target ablation)."""
+    and the pixel-target ablation). ``device`` and ``dtype`` place the parameters as they are made."""
 
     def __init__(
         self,
@@ -28,22 +28,24 @@ class Predictor(nn.Module):
         depth: int = 6,
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
-        use_sdpa: bool = True,
         out_dim: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.out_dim = out_dim or embed_dim
         self.pred_dim = pred_dim
-        self.predictor_embed = nn.Linear(embed_dim, pred_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim))
+        self.predictor_embed = nn.Linear(embed_dim, pred_dim, **factory)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim, **factory))
         self.checkpoint_blocks = False  # activation checkpointing (train.activation_checkpointing)
         self.predictor_blocks = nn.ModuleList(
-            Block(pred_dim, num_heads, int(pred_dim * mlp_ratio), use_sdpa=use_sdpa)
+            Block(pred_dim, num_heads, int(pred_dim * mlp_ratio), **factory)
             for _ in range(depth)
         )
-        self.predictor_norm = nn.LayerNorm(pred_dim, eps=LAYER_NORM_EPS)
-        self.predictor_proj = nn.Linear(pred_dim, self.out_dim)
+        self.predictor_norm = nn.LayerNorm(pred_dim, eps=LAYER_NORM_EPS, **factory)
+        self.predictor_proj = nn.Linear(pred_dim, self.out_dim, **factory)
         self.set_grid(grid)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)

@@ -1,6 +1,6 @@
 """Softmax attention written out as two matmuls: the reference SDPA is tested against, and the
-form both the bf16 training path (layers.py) and the bf16 inference fast path (cpu_bf16.py)
-run on CPU."""
+kernel that trains on CPU in bf16 (:func:`imagejepa.runtime.attention_kernel`) and the bf16
+inference blocks (:mod:`imagejepa.inference.block`) run."""
 
 from __future__ import annotations
 

@@ -59,6 +59,7 @@ class Encoder(nn.Module):
     ``pos_embed="learned"`` holds a trainable ``(1, N, D)`` table for the grid ``pos_grid``
     (imports of models whose positions are not sin-cos) and resamples it bicubically when
     the image size changes. ``norm_eps`` is the LayerNorm epsilon (1e-6 in I-JEPA).
+    ``device`` and ``dtype`` place the parameters as they are made (``"meta"``: shapes only).
     """
 
     def __init__(
@@ -75,7 +76,8 @@ class Encoder(nn.Module):
         norm_eps: float = LAYER_NORM_EPS,
         pos_embed: str = "sincos",
         pos_grid: tuple[int, int] | None = None,
-        use_sdpa: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         spec = get_arch(arch)
@@ -90,17 +92,19 @@ class Encoder(nn.Module):
         self.pos_kind = pos_embed
         self.patch_size = patch_size
         self.in_chans = in_chans
-        self.patch_embed = PatchEmbed(patch_size, in_chans, self.embed_dim)
+        factory = {"device": device, "dtype": dtype}
+        self.patch_embed = PatchEmbed(patch_size, in_chans, self.embed_dim, **factory)
         self.checkpoint_blocks = False  # activation checkpointing (train.activation_checkpointing)
         self.blocks = nn.ModuleList(
-            Block(self.embed_dim, self.num_heads, self.mlp_hidden_dim, use_sdpa=use_sdpa, norm_eps=norm_eps)
+            Block(self.embed_dim, self.num_heads, self.mlp_hidden_dim, norm_eps=norm_eps, **factory)
             for _ in range(self.depth)
         )
-        self.norm = nn.LayerNorm(self.embed_dim, eps=norm_eps)
+        self.norm = nn.LayerNorm(self.embed_dim, eps=norm_eps, **factory)
         self.set_img_size(img_size)
         if pos_embed == "learned":
             self.pos_grid = tuple(pos_grid or self.grid)
-            self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], self.embed_dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], self.embed_dim,
+                                                      **factory))
         self.apply(init_weights)
         if pos_embed == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -16,6 +16,8 @@ from ..config import Config, ConfigError, check_batch_split
 from ..data import TrainLoader, build_dataset, channel_stats, check_data_path
 from ..distributed import SHARDED, Processes, wrap_data_parallel
 from ..methods import Method, build_method
+from ..models.layers import use_attention_kernel
+from ..runtime import attention_kernel
 from . import budget
 from .optim import build_optimizer
 from .schedules import Schedules, schedule_steps
@@ -115,6 +117,7 @@ def place_model(model: Method, cfg: Config, processes: Processes, device: torch.
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
     model.initialise(cfg.train.seed)
+    use_attention_kernel(model, attention_kernel(device, precision))
     return trained if sharded else wrap_data_parallel(model, processes, device, d.strategy, precision)
 
 

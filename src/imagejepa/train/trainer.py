@@ -50,7 +50,7 @@ from ..distributed import (
 )
 from ..errors import ImageJepaError, LostProcessError, NonFiniteError
 from ..masking import Masks
-from ..runtime import resolve_device, resolve_precision
+from ..runtime import compile_pays, keep_compiled_graphs, resolve_device, resolve_precision
 from ..utils.files import atomic_write_text
 from . import budget
 from .budget import budget_fits
@@ -131,7 +131,12 @@ class Trainer:
                                                                        self.step_flops)
         trained = place_model(self.model, cfg, processes, self.device, self.precision)
         self.optimizer = build_model_optimizer(cfg, self.model, self.device)  # after any sharding
-        forward = torch.compile(trained, dynamic=True) if cfg.train.compile else trained
+        forward, self.compiled = trained, compile_pays(cfg.train.compile, self.device)
+        if self.compiled:
+            keep_compiled_graphs()
+            self.log("imagejepa: compiling the model (torch.compile, dynamic shapes): the first steps "
+                     "take longer, and count against a time budget")
+            forward = torch.compile(trained, dynamic=True)
         self.stepper = TrainStep(self.model, forward, self.optimizer, cfg.train.seed,
                                  cfg.optim.grad_accum, self.device, self.precision, processes,
                                  cfg.train.on_nan, warn)
@@ -315,6 +320,11 @@ class Trainer:
                      f"speed; it ends at step {self.total_steps}, {self.train_seconds / 60:.1f} min trained")
         if self.bad_files.count:
             self.log(f"imagejepa: skipped {self.bad_files.count} unreadable image file(s), named above")
+        if self.compiled:  # bounded whatever the context lengths met (dynamic shapes)
+            from torch._dynamo.utils import counters
+
+            graphs = counters["stats"]["unique_graphs"]
+            self.log(f"imagejepa: torch.compile made {graphs} graph(s) in this process")
         if self._agree(signals).stop:
             raise Preempted(self._signal_name(signals), self.step, path)
         self.log(f"imagejepa: saved {path}")
