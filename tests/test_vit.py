@@ -221,3 +221,17 @@ def test_vit_huge_224_weights_run_at_448():
     with torch.no_grad():
         out = at448.forward_features(torch.randn(1, 3, 448, 448))
     assert out.shape == (1, 1024, 1280) and torch.isfinite(out).all()
+
+
+def test_builders_place_parameters_as_they_are_made():
+    """``device`` and ``dtype`` in the builders: parameters made there, nothing allocated
+    elsewhere first (on the meta device: shapes only)."""
+    from imagejepa.models import Predictor
+
+    encoder = Encoder("vit_small", 16, 64, depth=2, device="meta")
+    predictor = Predictor(384, encoder.grid, pred_dim=96, depth=2, num_heads=4, device="meta")
+    for model in (encoder, predictor):
+        assert {p.device.type for p in model.parameters()} == {"meta"}
+    half = Encoder("vit_tiny", 16, 32, depth=1, dtype=torch.bfloat16, pos_embed="learned")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
