@@ -11,7 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from imagejepa.models.layers import plain_attention
+from imagejepa.models.softmax_attention import plain_attention
 
 SHAPES = [(32, 3, 196, 64), (128, 3, 95, 64), (1024, 4, 30, 32)]  # (B, heads, N, head_dim)
 

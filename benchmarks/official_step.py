@@ -46,7 +46,8 @@ from imagejepa.bench.train import STANDARD_TRAIN
 from imagejepa.config import from_dict, mask_settings
 from imagejepa.jepa import build_ijepa
 from imagejepa.masking import Masks, MultiBlockMaskSampler
-from imagejepa.runtime import autocast, resolve_device
+from imagejepa.models.layers import use_attention_kernel
+from imagejepa.runtime import attention_kernel, autocast, resolve_device
 from imagejepa.train.optim import build_optimizer
 
 EMA = 0.996  # the official configs' starting momentum
@@ -108,6 +109,7 @@ def main(argv=None) -> None:
     m, B, dev, prec = cfg.model, args.batch_size, resolve_device(args.device), args.precision
     torch.manual_seed(0)
     model = build_ijepa(cfg).to(dev)
+    use_attention_kernel(model, attention_kernel(dev, prec))  # as the trainer runs it
     enc = vit.__dict__[m.arch](img_size=[m.img_size], patch_size=m.patch_size)
     pred = vit.vit_predictor(num_patches=enc.patch_embed.num_patches, embed_dim=enc.embed_dim,
                              predictor_embed_dim=m.pred_dim, depth=m.pred_depth, num_heads=enc.num_heads)
