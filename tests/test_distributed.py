@@ -546,24 +546,36 @@ def test_fsdp_checkpoints_written_in_the_background_resume_exactly(tmp_path, ref
     assert_same_training(run_dir, reference)
 
 
+# 8x8 patches instead of 4x4: five context lengths and two target lengths in the six steps.
+WIDER_GRID = ["model.patch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def wider_reference(tmp_path_factory) -> Path:
+    return one_process(tmp_path_factory.mktemp("one-wider") / "run", *WIDER_GRID)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_compiled_training_on_two_processes_equals_eager(tmp_path, reference, strategy):
+def test_compiled_training_on_two_processes_equals_eager(tmp_path, wider_reference, strategy):
     """train.compile under DDP and FSDP2 on 2 processes: the losses and final weights of the
     eager one-process run, to 1e-4 (the compiler's kernels sum in other orders), over steps
     whose context lengths differ, with a bounded number of graphs (dynamic shapes: not one
     per length)."""
     run_dir = tmp_path / "run"
-    config = config_file(tmp_path, f"dist.strategy={strategy}", "train.compile=true")
+    config = config_file(tmp_path, f"dist.strategy={strategy}", "train.compile=true", *WIDER_GRID)
     env = {"torchinductor_cache_dir": tmp_path.parent / "inductor-cache"}  # shared by the two tests
     code, out, err = run_script("train_single_node.sh", run_dir, config=config, gpus=2, max_restarts=0, **env)
     assert code == 0, err[-3000:]
     lengths = {int(row["context_patches"]) for row in metric_rows(run_dir)}
     graphs = [int(n) for n in re.findall(r"torch.compile made (\d+) graph", out + err)]
-    assert len(lengths) >= 3 and graphs and max(graphs) <= 4, (lengths, graphs)
-    got, want = losses(run_dir), losses(reference)
+    # Measured: 2 graphs under DDP, 13 under FSDP2 (its hooks split the step into a frame per
+    # block and network); a graph per context length would make several times as many.
+    bound = {"ddp": 3, "fsdp": 16}[strategy]
+    assert len(lengths) >= 5 and graphs and max(graphs) <= bound, (lengths, graphs)
+    got, want = losses(run_dir), losses(wider_reference)
     assert got == pytest.approx(want, abs=1e-4, rel=1e-4)
-    a, b = final_tensors(run_dir), final_tensors(reference)
+    a, b = final_tensors(run_dir), final_tensors(wider_reference)
     assert max(float((a[k] - b[k]).abs().max()) for k in b) < 1e-4
 
 
