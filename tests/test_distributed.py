@@ -633,7 +633,8 @@ def test_each_baseline_on_two_processes_equals_one(tmp_path, method, strategy):
     code, out, err = run_script("train_single_node.sh", run_dir, config=config, gpus=2, max_restarts=0)
     assert code == 0, err[-3000:]
     assert f"imagejepa: {method} vit_tiny" in out
-    # DINO's losses agree to 1e-7; its weights to 1.2e-5 after 4 steps, the same under DDP and
-    # FSDP2: the ranks' sums (centre, head-input moments) are added in another order, and a
-    # teacher temperature of 0.03 and AdamW's normalisation amplify that rounding.
-    assert_same_training(run_dir, reference, weights_tol=5e-5 if method == "dino" else TOL)
+    # DINO's losses agree to 1e-7; its weights to 1.2e-5 after 4 steps (6.6e-5 under the AVX2
+    # cap, whose kernels round differently), the same under DDP and FSDP2: the ranks' sums
+    # (centre, head-input moments) are added in another order, and a teacher temperature of
+    # 0.03 and AdamW's normalisation amplify that rounding.
+    assert_same_training(run_dir, reference, weights_tol=2e-4 if method == "dino" else TOL)

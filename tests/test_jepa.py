@@ -187,3 +187,38 @@ def test_build_ijepa_from_config():
     assert len(model.predictor.predictor_blocks) == 1 and model.predictor.pred_dim == 48
     assert model.predictor.predictor_blocks[0].attn.num_heads == 4
     assert model.predictor.grid == (4, 4)
+
+
+@pytest.mark.slow
+def test_compiled_step_makes_one_graph_whatever_the_block_lengths(tmp_path, monkeypatch):
+    """Compiled with dynamic shapes, the forward and backward on a 14x14 grid meet several
+    context and target lengths in one graph (the loss over 4-D features once made the
+    backward's compiler specialise on the target length: a graph per new length, and after
+    dynamo's limit of 8, eager without a word), with the eager model's losses and gradients."""
+    import torch._dynamo
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch.manual_seed(0)
+    encoder = Encoder("vit_tiny", patch_size=4, img_size=56, in_chans=1, depth=1)
+    predictor = Predictor(encoder.embed_dim, encoder.grid, pred_dim=32, depth=1, num_heads=2)
+    model = IJEPA(encoder, predictor)
+    sampler = MultiBlockMaskSampler(encoder.grid)
+    g = torch.Generator().manual_seed(0)
+    masks = [sampler(2, g) for _ in range(5)]
+    assert len({m.targets.shape[2] for m in masks}) >= 3 and len({m.context.shape[1] for m in masks}) >= 3
+    images = torch.randn(2, 1, 56, 56)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, dynamic=True)
+    for m in masks:
+        got, _ = compiled(images, m)
+        got.backward()
+        got_grads = [p.grad.clone() for p in model.encoder.parameters()]
+        model.zero_grad()
+        want, _ = model(images, m)
+        want.backward()
+        assert float(got) == pytest.approx(float(want), rel=1e-4)
+        for a, b in zip(got_grads, (p.grad for p in model.encoder.parameters())):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        model.zero_grad()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()

@@ -97,7 +97,10 @@ class IJEPA(Method):
         context = self.encoder(images, keep=masks.context)
         predicted = self.predictor(context, masks.context, masks.targets)
         predicted, target = predicted.float(), target.float()
-        loss = prediction_loss(predicted, target, self.loss_name)
+        # The mean over (B, T * Kt, D), the same number: compiled, a loss over the 4-D
+        # (B, T, Kt, D) made the backward's compiler specialise on the target length (a
+        # channels-last stride check), one more graph for each new length.
+        loss = prediction_loss(predicted.flatten(1, 2), target.flatten(1, 2), self.loss_name)
         pred_loss = loss.detach()
         if self.anti_collapse == "vc":
             variance, covariance = variance_covariance(context)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..data import EvalTransform
 from ..distributed import SHARDED, Processes
+from ..inference import optimize
 from ..masking import Masks
 from ..monitor import CollapseWatch, Thresholds, advice_for
 from ..monitor.online_knn import OnlineKNN
@@ -74,8 +75,10 @@ class RunWatch:
         return self.online_knn is not None and (step % every == 0 or step == stop - 1)
 
     def knn(self, encoder, step: int, sharded: bool) -> float:
-        """kNN top-1 (%) of ``encoder`` (the target encoder) now, and its features' picture."""
-        top1 = self.online_knn(encoder)
+        """kNN top-1 (%) of ``encoder`` (the target encoder) now, and its features' picture.
+        Whole, it runs through the inference twin (the same weights, faster blocks); sharded,
+        as it is (each forward gathers its weights from every rank)."""
+        top1 = self.online_knn(encoder if sharded else optimize(encoder))
         if self.trackers.active and not sharded:  # sharded, every rank would have to run it
             self.trackers.image("features", step, self._features_picture(encoder))
         return top1
