@@ -1,3 +1,4 @@
+import argparse
 import json
 import math
 import subprocess
@@ -90,6 +91,28 @@ def test_console_entry_points(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "imagejepa", "pretrain", "--config", "missing.yaml"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "config file not found" in bad.stderr
+
+
+def test_every_command_prints_its_help(capsys):
+    """``--help`` of every command and subcommand (argparse %-formats help strings: a bare
+    ``%`` in one once made ``imagejepa eval --help`` raise)."""
+    from imagejepa.cli import _parser
+
+    def commands(parser, prefix=()):
+        yield prefix
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, (*prefix, name))
+
+    found = list(commands(_parser()))
+    assert ("eval", "lowshot") in found and ("bench", "train") in found
+    for command in found:
+        with pytest.raises(SystemExit) as info:
+            main([*command, "--help"])
+        assert info.value.code == 0, command
+        out = capsys.readouterr().out
+        assert out.startswith("usage: ") and "%%" not in out, command
 
 
 def test_bench_masks_json(capsys):

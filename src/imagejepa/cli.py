@@ -58,11 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     helps = {
         "linear": "linear probe: lr/wd sweep on a held-out 10%, retrained, top-1/top-5 on test",
         "knn": "weighted kNN on cosine similarity (k = 10, 20, 100)",
-        "lowshot": "logistic regression on 1, 5, 10 images per class and 1%%, several seeds",
+        "lowshot": "logistic regression on 1, 5, 10 images per class and 1%, several seeds",
         "attentive": "attentive probe: one learned query cross-attending over patch tokens",
     }
     for name, text in helps.items():
-        e = ev_sub.add_parser(name, help=text, description=text)
+        e = ev_sub.add_parser(name, help=text.replace("%", "%%"), description=text)  # help is %-formatted
         _eval_arguments(e)
         if name == "linear":
             e.add_argument("--solver", choices=("lbfgs", "adamw"), default="lbfgs",
