@@ -320,7 +320,7 @@ class Trainer:
                      f"speed; it ends at step {self.total_steps}, {self.train_seconds / 60:.1f} min trained")
         if self.bad_files.count:
             self.log(f"imagejepa: skipped {self.bad_files.count} unreadable image file(s), named above")
-        if self.compiled:  # bounded whatever the context lengths met (dynamic shapes)
+        if self.compiled:  # bounded whatever the context and target lengths met (dynamic shapes)
             from torch._dynamo.utils import counters
 
             graphs = counters["stats"]["unique_graphs"]
